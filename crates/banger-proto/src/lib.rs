@@ -1,0 +1,7 @@
+//! Wire types only. Every type that crosses a process boundary lives here so
+//! that the CLI, the owner daemon, the root helper and the guest agent cannot
+//! drift apart. Nothing in this crate does I/O.
+
+pub mod api;
+
+pub use api::*;
