@@ -206,7 +206,9 @@ pub fn validate_ifname(name: &str) -> Result<(), String> {
         ));
     }
     if name.len() > 15 {
-        return Err(format!("interface name {name:?} is longer than 15 characters"));
+        return Err(format!(
+            "interface name {name:?} is longer than 15 characters"
+        ));
     }
     if !name
         .bytes()
@@ -448,9 +450,10 @@ impl Config {
         };
         let memory_mib = match (self.memory_mib, host.memory_mib) {
             (Some(m), _) => Sourced::new(m, Provenance::Config),
-            (None, Some(h)) if h / 8 >= FLOOR_MEMORY_MIB => {
-                Sourced::new((h / 8).min(MAX_HEURISTIC_MEMORY_MIB), Provenance::HostHeuristic)
-            }
+            (None, Some(h)) if h / 8 >= FLOOR_MEMORY_MIB => Sourced::new(
+                (h / 8).min(MAX_HEURISTIC_MEMORY_MIB),
+                Provenance::HostHeuristic,
+            ),
             _ => Sourced::new(FLOOR_MEMORY_MIB, Provenance::BuiltIn),
         };
         let disk_bytes = match self.disk_bytes {
@@ -465,7 +468,10 @@ impl Config {
     }
 
     pub fn image_name(&self) -> Sourced<String> {
-        sourced(self.default_image_name.clone(), DEFAULT_IMAGE_NAME.to_string())
+        sourced(
+            self.default_image_name.clone(),
+            DEFAULT_IMAGE_NAME.to_string(),
+        )
     }
 
     pub fn vmm_choice(&self) -> Sourced<VmmChoice> {
@@ -648,7 +654,10 @@ mod tests {
     #[test]
     fn empty_config_is_all_defaults() {
         let c = parse("").expect("empty config");
-        assert_eq!(c.image_name(), Sourced::new(DEFAULT_IMAGE_NAME.into(), Provenance::BuiltIn));
+        assert_eq!(
+            c.image_name(),
+            Sourced::new(DEFAULT_IMAGE_NAME.into(), Provenance::BuiltIn)
+        );
         assert_eq!(c.vmm_choice().value, VmmChoice::Auto);
         assert_eq!(c.bridge_name().value, "banger0");
         assert_eq!(c.vm_subnet().value.to_string(), "172.16.0.0/24");
@@ -771,7 +780,10 @@ port = 5353
         let c = Config::default();
         let spec = c.vm_defaults(HOST);
         assert_eq!(spec.vcpu, Sourced::new(4, Provenance::HostHeuristic));
-        assert_eq!(spec.memory_mib, Sourced::new(4096, Provenance::HostHeuristic));
+        assert_eq!(
+            spec.memory_mib,
+            Sourced::new(4096, Provenance::HostHeuristic)
+        );
         assert_eq!(spec.disk_bytes, Sourced::new(8 << 30, Provenance::BuiltIn));
 
         let huge = HostFacts {
@@ -823,7 +835,10 @@ port = 5353
         let c = Config::load(&dir.path().join("nope.toml")).expect("missing is fine");
         assert!(c.source.is_none());
         let err = Config::load(dir.path()).expect_err("a directory is not a config file");
-        assert!(err.to_string().starts_with("cannot read config file"), "{err}");
+        assert!(
+            err.to_string().starts_with("cannot read config file"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -837,7 +852,10 @@ port = 5353
         assert_eq!(dedup.len(), keys.len());
         let vmm = rows.iter().find(|r| r.key == "vmm").expect("vmm row");
         assert_eq!(vmm.source, Provenance::Config);
-        let vcpu = rows.iter().find(|r| r.key == "vm_defaults.vcpu").expect("vcpu row");
+        let vcpu = rows
+            .iter()
+            .find(|r| r.key == "vm_defaults.vcpu")
+            .expect("vcpu row");
         assert_eq!(vcpu.source, Provenance::HostHeuristic);
     }
 

@@ -6,11 +6,17 @@ use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum NameError {
-    #[error("invalid VM name {0:?}: {1} (use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit, like \"sandbox-1\")")]
+    #[error(
+        "invalid VM name {0:?}: {1} (use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit, like \"sandbox-1\")"
+    )]
     Vm(String, &'static str),
-    #[error("invalid image name {0:?}: {1} (use 1-64 lowercase letters, digits, '.', '_' and '-', starting with a letter or digit, like \"debian-bookworm\")")]
+    #[error(
+        "invalid image name {0:?}: {1} (use 1-64 lowercase letters, digits, '.', '_' and '-', starting with a letter or digit, like \"debian-bookworm\")"
+    )]
     Image(String, &'static str),
-    #[error("invalid kernel name {0:?}: {1} (use 1-64 lowercase letters, digits, '.', '_' and '-', starting with a letter or digit)")]
+    #[error(
+        "invalid kernel name {0:?}: {1} (use 1-64 lowercase letters, digits, '.', '_' and '-', starting with a letter or digit)"
+    )]
     Kernel(String, &'static str),
 }
 

@@ -38,7 +38,11 @@ impl Paths {
         socket: Option<PathBuf>,
         root_socket: Option<PathBuf>,
     ) -> Self {
-        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         let state_dir = state_dir
             .or_else(|| env(ENV_STATE_DIR))
             .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
@@ -46,10 +50,12 @@ impl Paths {
             .or_else(|| env(ENV_CACHE_DIR))
             .unwrap_or_else(|| DEFAULT_CACHE_DIR.into());
         let runtime_dir = runtime_dir.or_else(|| env(ENV_RUNTIME_DIR));
-        let socket = socket.or_else(|| env(ENV_SOCKET)).unwrap_or_else(|| match &runtime_dir {
-            Some(r) => r.join("bangerd.sock"),
-            None => DEFAULT_SOCKET.into(),
-        });
+        let socket = socket
+            .or_else(|| env(ENV_SOCKET))
+            .unwrap_or_else(|| match &runtime_dir {
+                Some(r) => r.join("bangerd.sock"),
+                None => DEFAULT_SOCKET.into(),
+            });
         let runtime_dir = runtime_dir.unwrap_or_else(|| {
             socket
                 .parent()
@@ -111,8 +117,12 @@ impl Paths {
 
 /// The socket the CLI talks to: `--socket`, `$BANGER_SOCKET`, or the default.
 pub fn client_socket(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os(ENV_SOCKET).filter(|v| !v.is_empty()).map(PathBuf::from))
-        .unwrap_or_else(|| DEFAULT_SOCKET.into())
+    flag.or_else(|| {
+        std::env::var_os(ENV_SOCKET)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+    .unwrap_or_else(|| DEFAULT_SOCKET.into())
 }
 
 /// `$BANGER_CONFIG`, else `$XDG_CONFIG_HOME/banger/config.toml`, else

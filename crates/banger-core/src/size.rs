@@ -3,7 +3,9 @@
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("invalid size {input:?}: {why} (use a whole number with a unit, like \"512M\", \"16G\" or \"1T\")")]
+#[error(
+    "invalid size {input:?}: {why} (use a whole number with a unit, like \"512M\", \"16G\" or \"1T\")"
+)]
 pub struct SizeError {
     pub input: String,
     pub why: &'static str,
@@ -21,7 +23,9 @@ pub fn parse_size(input: &str) -> Result<u64, SizeError> {
     if digits_end == 0 {
         return Err(err("it does not start with a number"));
     }
-    let number: u64 = s[..digits_end].parse().map_err(|_| err("the number is too large"))?;
+    let number: u64 = s[..digits_end]
+        .parse()
+        .map_err(|_| err("the number is too large"))?;
     let unit = s[digits_end..].trim().to_ascii_uppercase();
     let shift = match unit.as_str() {
         "" => return Err(err("it has no unit")),
@@ -71,10 +75,22 @@ mod tests {
     #[test]
     fn rejects_bad_sizes() {
         assert_eq!(parse_size("16").unwrap_err().why, "it has no unit");
-        assert_eq!(parse_size("G").unwrap_err().why, "it does not start with a number");
-        assert_eq!(parse_size("16Q").unwrap_err().why, "the unit is not one of K, M, G, T");
-        assert_eq!(parse_size("99999999999T").unwrap_err().why, "the size is too large");
-        assert_eq!(parse_size("-1G").unwrap_err().why, "it does not start with a number");
+        assert_eq!(
+            parse_size("G").unwrap_err().why,
+            "it does not start with a number"
+        );
+        assert_eq!(
+            parse_size("16Q").unwrap_err().why,
+            "the unit is not one of K, M, G, T"
+        );
+        assert_eq!(
+            parse_size("99999999999T").unwrap_err().why,
+            "the size is too large"
+        );
+        assert_eq!(
+            parse_size("-1G").unwrap_err().why,
+            "it does not start with a number"
+        );
     }
 
     #[test]

@@ -279,8 +279,8 @@ mod tests {
         assert_eq!(ErrorKind::UnknownRoute.http_status(), 404);
         assert_eq!(ErrorKind::Conflict.http_status(), 409);
         assert_eq!(ErrorKind::Internal.http_status(), 500);
-        let e: ApiError =
-            serde_json::from_str(r#"{"kind":"not_found","message":"no VM named x"}"#).expect("parse");
+        let e: ApiError = serde_json::from_str(r#"{"kind":"not_found","message":"no VM named x"}"#)
+            .expect("parse");
         assert_eq!(e.kind, ErrorKind::NotFound);
         assert_eq!(e.to_string(), "no VM named x");
     }
