@@ -1,14 +1,59 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Shared test harness for banger's crates.
+//!
+//! - [`test_guest`]: a cached minimal Debian bookworm guest (kernel + initrd + ext4 rootfs)
+//!   for real boots through the QEMU driver, built with `mmdebstrap` (needs root).
+//! - [`fake`]: types and helpers for the `fake-firecracker` binary (a named fake of
+//!   Firecracker's API used to test process handling without KVM).
+//! - Small helpers: [`is_root`], [`which`], [`tail_file`], [`test_cache_dir`].
+
+pub mod fake;
+pub mod guest;
+
+pub use guest::{GuestError, TestGuest, test_guest};
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root (two levels above this crate's manifest).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Where tests cache expensive artefacts: `$BANGER_TEST_CACHE`, else
+/// `<repo>/target/banger-test-cache`.
+pub fn test_cache_dir() -> PathBuf {
+    match std::env::var_os("BANGER_TEST_CACHE") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo_root().join("target").join("banger-test-cache"),
+    }
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// True when the test process runs as root (euid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Finds `program` on PATH or in the sbin directories (which a non-root PATH may lack).
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// The last `lines` lines of a (console) log, lossily decoded; a note if it is unreadable.
+pub fn tail_file(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
     }
 }

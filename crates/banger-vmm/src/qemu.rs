@@ -1,0 +1,477 @@
+//! The QEMU driver: `qemu-system-x86_64 -M microvm`, KVM where KVM runs guests, else TCG;
+//! controlled over QMP; stop = ACPI powerdown, bounded wait, `quit`, then SIGKILL.
+//! Vsock goes through a `vhost-device-vsock` helper that speaks Firecracker's hybrid-vsock
+//! protocol on the host side.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::error::VmmError;
+use crate::host::Accel;
+use crate::process::{HelperProcess, RunningVmm, VmmHandle, log_tail};
+use crate::spec::{VmmKind, VmmSpec, ensure_arg};
+use crate::util::{no_comma, remove_stale, spawn, wait_for_socket};
+use crate::{StopMethod, StopOutcome, Vmm};
+
+pub const QMP_SOCKET: &str = "qmp.sock";
+pub const LOG_FILE: &str = "qemu.log";
+pub const VHOST_SOCKET: &str = "vhost.sock";
+pub const VHOST_LOG_FILE: &str = "vhost-device-vsock.log";
+
+#[derive(Debug, Clone)]
+pub struct QemuDriver {
+    pub bin: PathBuf,
+    pub accel: Accel,
+    /// Host TSC kHz, passed as `tsc_early_khz=` under TCG (boots hang ~40% without it).
+    pub tsc_khz: u64,
+    /// `vhost-device-vsock`, needed only for specs with vsock.
+    pub vhost_vsock_bin: Option<PathBuf>,
+    /// How long to wait for the QMP socket (and the vsock backend's socket).
+    pub socket_timeout: Duration,
+    /// How long to wait for `quit` before SIGKILL.
+    pub quit_timeout: Duration,
+}
+
+impl QemuDriver {
+    pub fn new(bin: PathBuf, accel: Accel, tsc_khz: u64) -> QemuDriver {
+        QemuDriver {
+            bin,
+            accel,
+            tsc_khz,
+            vhost_vsock_bin: None,
+            socket_timeout: Duration::from_secs(10),
+            quit_timeout: Duration::from_secs(3),
+        }
+    }
+
+    /// The kernel command line: the spec's plus the serial console and, under TCG, the
+    /// host TSC rate.
+    pub fn boot_args(&self, spec: &VmmSpec) -> String {
+        let a = ensure_arg(&spec.boot_args, "console", "ttyS0");
+        match self.accel {
+            Accel::Tcg => ensure_arg(&a, "tsc_early_khz", &self.tsc_khz.to_string()),
+            Accel::Kvm => a,
+        }
+    }
+
+    /// QEMU's argv (pure; unit-tested). Disks: root first (/dev/vda), then work (/dev/vdb).
+    pub fn argv(&self, spec: &VmmSpec) -> Result<Vec<OsString>, VmmError> {
+        let kernel = spec
+            .kernel
+            .vmlinuz
+            .as_ref()
+            .or(spec.kernel.vmlinux.as_ref())
+            .ok_or_else(|| {
+                VmmError::InvalidSpec("the image has no kernel (vmlinuz or vmlinux)".into())
+            })?;
+        let mut a: Vec<OsString> = Vec::new();
+        let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+        let machine = if spec.vsock.is_some() {
+            "microvm,memory-backend=mem"
+        } else {
+            "microvm"
+        };
+        push(&["-M", machine]);
+        match self.accel {
+            Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+            Accel::Tcg => push(&["-accel", "tcg", "-cpu", "qemu64"]),
+        }
+        let mem = format!("{}M", spec.memory_mib);
+        push(&["-smp", &spec.vcpus.to_string(), "-m", &mem]);
+        push(&[
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+            "-name",
+            &spec.name,
+        ]);
+        a.extend(["-kernel".into(), kernel.into()]);
+        if let Some(initrd) = &spec.kernel.initrd {
+            a.extend(["-initrd".into(), initrd.into()]);
+        }
+        a.extend(["-append".into(), self.boot_args(spec).into()]);
+        let console = no_comma("console log", &spec.console_log)?;
+        a.extend([
+            "-chardev".into(),
+            opt("file,id=console,append=on,path=", &console),
+            "-serial".into(),
+            "chardev:console".into(),
+        ]);
+        let mut disks = vec![("root", &spec.root_disk)];
+        if let Some(w) = &spec.work_disk {
+            disks.push(("work", w));
+        }
+        for (id, p) in disks {
+            let p = no_comma("disk", p)?;
+            a.extend([
+                "-drive".into(),
+                opt(&format!("if=none,format=raw,id={id},file="), &p),
+                "-device".into(),
+                format!("virtio-blk-device,drive={id}").into(),
+            ]);
+        }
+        if let Some(net) = &spec.net {
+            a.extend([
+                "-netdev".into(),
+                format!("tap,id=net0,ifname={},script=no,downscript=no", net.tap).into(),
+                "-device".into(),
+                format!("virtio-net-device,netdev=net0,mac={}", net.mac).into(),
+            ]);
+        }
+        if spec.vsock.is_some() {
+            let vhost = no_comma("vhost socket", &spec.vm_dir.join(VHOST_SOCKET))?;
+            a.extend([
+                "-object".into(),
+                format!("memory-backend-memfd,id=mem,size={mem},share=on").into(),
+                "-chardev".into(),
+                opt("socket,id=vs0,path=", &vhost),
+                "-device".into(),
+                "vhost-user-vsock-device,chardev=vs0".into(),
+            ]);
+        }
+        let qmp = no_comma("QMP socket", &spec.vm_dir.join(QMP_SOCKET))?;
+        a.extend(["-qmp".into(), {
+            let mut s = OsString::from("unix:");
+            s.push(&qmp);
+            s.push(",server=on,wait=off");
+            s
+        }]);
+        Ok(a)
+    }
+
+    async fn start_vsock_backend(
+        &self,
+        spec: &VmmSpec,
+    ) -> Result<Option<(tokio::process::Child, HelperProcess)>, VmmError> {
+        let Some(v) = &spec.vsock else {
+            return Ok(None);
+        };
+        let bin = self.vhost_vsock_bin.as_ref().ok_or_else(|| {
+            VmmError::Unavailable(
+                "vsock under qemu needs vhost-device-vsock; run `cargo install vhost-device-vsock` \
+                 or configure its path"
+                    .into(),
+            )
+        })?;
+        let sock = spec.vm_dir.join(VHOST_SOCKET);
+        remove_stale(&sock)?;
+        remove_stale(&v.uds_path)?;
+        let sock = no_comma("vhost socket", &sock)?;
+        let uds = no_comma("vsock uds_path", &v.uds_path)?;
+        let mut vm_arg = OsString::from(format!("guest-cid={},socket=", v.guest_cid));
+        vm_arg.push(&sock);
+        vm_arg.push(",uds-path=");
+        vm_arg.push(&uds);
+        let log = spec.vm_dir.join(VHOST_LOG_FILE);
+        let (mut child, identity) = spawn(bin, &["--vm".into(), vm_arg], &log, &log)?;
+        // The backend creates its socket and then waits for QEMU to connect, so only wait
+        // for the file to appear (connecting would consume its one accept).
+        let deadline = Instant::now() + self.socket_timeout;
+        while !sock.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(VmmError::ExitedEarly {
+                    program: bin.display().to_string(),
+                    exit: status.into(),
+                    log_tail: log_tail(&log, 20),
+                });
+            }
+            if Instant::now() >= deadline {
+                let _ = child.start_kill();
+                return Err(VmmError::SocketTimeout {
+                    program: bin.display().to_string(),
+                    socket: sock,
+                    timeout: self.socket_timeout,
+                    log_tail: log_tail(&log, 20),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(Some((
+            child,
+            HelperProcess {
+                name: "vhost-device-vsock".into(),
+                process: identity,
+            },
+        )))
+    }
+}
+
+fn opt(prefix: &str, path: &Path) -> OsString {
+    let mut s = OsString::from(prefix);
+    s.push(path);
+    s
+}
+
+/// Runs one QMP command (after the capabilities handshake) and returns its `return` value.
+pub async fn qmp_command(
+    socket: &Path,
+    command: &str,
+    timeout: Duration,
+) -> Result<Value, VmmError> {
+    let err = |detail: String| VmmError::Qmp {
+        command: command.to_string(),
+        socket: socket.to_path_buf(),
+        detail,
+    };
+    let fut = async {
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .map_err(|e| err(format!("connect: {e}")))?;
+        let (r, mut w) = stream.into_split();
+        let mut lines = BufReader::new(r).lines();
+        // Reads until a reply (skipping greeting and async events).
+        async fn reply(
+            lines: &mut tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+        ) -> Result<Option<Value>, String> {
+            while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
+                let v: Value = serde_json::from_str(&line)
+                    .map_err(|e| format!("bad QMP line {line:?}: {e}"))?;
+                if let Some(ret) = v.get("return") {
+                    return Ok(Some(ret.clone()));
+                }
+                if let Some(e) = v.get("error") {
+                    return Err(e
+                        .get("desc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("unknown error")
+                        .to_string());
+                }
+            }
+            Ok(None)
+        }
+        let greeting = lines
+            .next_line()
+            .await
+            .map_err(|e| err(format!("read greeting: {e}")))?;
+        if !greeting.as_deref().is_some_and(|g| g.contains("QMP")) {
+            return Err(err(format!("unexpected greeting {greeting:?}")));
+        }
+        for cmd in ["qmp_capabilities", command] {
+            let line = format!("{}\n", json!({ "execute": cmd }));
+            w.write_all(line.as_bytes())
+                .await
+                .map_err(|e| err(format!("write: {e}")))?;
+            match reply(&mut lines).await.map_err(err)? {
+                Some(v) if cmd == command => return Ok(v),
+                Some(_) => {}
+                // `quit` may close the socket before replying.
+                None if cmd == "quit" => return Ok(Value::Null),
+                None => return Err(err("QEMU closed the QMP connection".into())),
+            }
+        }
+        Err(err("no reply".into()))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| err(format!("no reply within {timeout:?}")))?
+}
+
+impl Vmm for QemuDriver {
+    fn kind(&self) -> VmmKind {
+        VmmKind::Qemu
+    }
+
+    async fn start(&self, spec: &VmmSpec) -> Result<RunningVmm, VmmError> {
+        spec.validate()?;
+        let argv = self.argv(spec)?;
+        let qmp = spec.vm_dir.join(QMP_SOCKET);
+        let log = spec.vm_dir.join(LOG_FILE);
+        remove_stale(&qmp)?;
+        let helper = self.start_vsock_backend(spec).await?;
+        let (helper_children, helpers) = match helper {
+            Some((c, h)) => (vec![c], vec![h]),
+            None => (Vec::new(), Vec::new()),
+        };
+        let spawned = spawn(&self.bin, &argv, &log, &log);
+        let (child, identity) = match spawned {
+            Ok(x) => x,
+            Err(e) => {
+                let mut dummy = RunningVmm::new(
+                    dummy_handle(spec, &qmp, &log, helpers),
+                    None,
+                    helper_children,
+                );
+                dummy.stop_helpers().await;
+                return Err(e);
+            }
+        };
+        let handle = VmmHandle {
+            kind: VmmKind::Qemu,
+            vm_name: spec.name.clone(),
+            vm_dir: spec.vm_dir.clone(),
+            process: identity,
+            control_socket: qmp.clone(),
+            console_log: spec.console_log.clone(),
+            vmm_log: log.clone(),
+            helpers,
+        };
+        let mut vm = RunningVmm::new(handle, Some(child), helper_children);
+        let program = self.bin.display().to_string();
+        let ready = async {
+            let child = vm
+                .child_mut()
+                .ok_or_else(|| VmmError::Unavailable("lost qemu child".into()))?;
+            wait_for_socket(child, &program, &qmp, self.socket_timeout, &log).await?;
+            let status = qmp_command(&qmp, "query-status", self.socket_timeout).await?;
+            if status.get("running").and_then(Value::as_bool) != Some(true) {
+                return Err(VmmError::Qmp {
+                    command: "query-status".into(),
+                    socket: qmp.clone(),
+                    detail: format!("guest is not running: {status}"),
+                });
+            }
+            Ok(())
+        };
+        if let Err(e) = ready.await {
+            vm.kill().await;
+            vm.stop_helpers().await;
+            let _ = std::fs::remove_file(&qmp);
+            return Err(e);
+        }
+        tracing::info!(vm = %spec.name, pid = vm.pid(), accel = ?self.accel, "qemu started");
+        Ok(vm)
+    }
+
+    async fn stop(&self, vm: &mut RunningVmm, grace: Duration) -> Result<StopOutcome, VmmError> {
+        let t0 = Instant::now();
+        let qmp = vm.handle().control_socket.clone();
+        let outcome = if let Some(exit) = vm.wait_exit(Duration::ZERO).await {
+            StopOutcome {
+                method: StopMethod::AlreadyExited,
+                exit: Some(exit),
+                elapsed: t0.elapsed(),
+            }
+        } else {
+            let short = Duration::from_secs(2);
+            if let Err(e) = qmp_command(&qmp, "system_powerdown", short).await {
+                tracing::warn!(vm = %vm.handle().vm_name, "ACPI powerdown failed: {e}");
+            }
+            match vm.wait_exit(grace.saturating_sub(t0.elapsed())).await {
+                Some(exit) => StopOutcome {
+                    method: StopMethod::Graceful,
+                    exit: Some(exit),
+                    elapsed: t0.elapsed(),
+                },
+                None => {
+                    let quit = qmp_command(&qmp, "quit", short).await;
+                    match (quit, vm.wait_exit(self.quit_timeout).await) {
+                        (Ok(_), Some(exit)) => StopOutcome {
+                            method: StopMethod::Quit,
+                            exit: Some(exit),
+                            elapsed: t0.elapsed(),
+                        },
+                        _ => {
+                            let exit = vm.kill().await;
+                            StopOutcome {
+                                method: StopMethod::Killed,
+                                exit,
+                                elapsed: t0.elapsed(),
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        vm.stop_helpers().await;
+        let _ = std::fs::remove_file(&qmp);
+        let _ = std::fs::remove_file(vm.handle().vm_dir.join(VHOST_SOCKET));
+        Ok(outcome)
+    }
+}
+
+fn dummy_handle(spec: &VmmSpec, qmp: &Path, log: &Path, helpers: Vec<HelperProcess>) -> VmmHandle {
+    VmmHandle {
+        kind: VmmKind::Qemu,
+        vm_name: spec.name.clone(),
+        vm_dir: spec.vm_dir.clone(),
+        process: crate::process::ProcessIdentity {
+            pid: 0,
+            start_time: 0,
+        },
+        control_socket: qmp.to_path_buf(),
+        console_log: spec.console_log.clone(),
+        vmm_log: log.to_path_buf(),
+        helpers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{KernelFiles, MacAddr, NetSpec, VsockSpec};
+
+    fn spec() -> VmmSpec {
+        let mut s = VmmSpec::new(
+            "web-1",
+            Path::new("/var/lib/banger/vms/web-1"),
+            KernelFiles {
+                vmlinux: None,
+                vmlinuz: Some("/k/vmlinuz".into()),
+                initrd: Some("/k/initrd.img".into()),
+            },
+            Path::new("/var/lib/banger/vms/web-1/root.ext4"),
+        );
+        s.work_disk = Some("/var/lib/banger/vms/web-1/work.ext4".into());
+        s
+    }
+
+    fn args(d: &QemuDriver, s: &VmmSpec) -> Vec<String> {
+        d.argv(s)
+            .expect("argv")
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn tcg_argv_has_tsc_console_and_ordered_disks() {
+        let d = QemuDriver::new("/usr/bin/qemu-system-x86_64".into(), Accel::Tcg, 2_000_000);
+        let a = args(&d, &spec());
+        let joined = a.join(" ");
+        assert!(joined.contains("-accel tcg -cpu qemu64"), "{joined}");
+        let append = &a[a.iter().position(|x| x == "-append").expect("-append") + 1];
+        assert!(append.contains("tsc_early_khz=2000000"), "{append}");
+        assert!(append.contains("console=ttyS0"));
+        let root = joined.find("id=root").expect("root");
+        let work = joined.find("id=work").expect("work");
+        assert!(root < work, "root disk must come first (/dev/vda)");
+        assert!(!joined.contains("netdev"));
+        assert!(!joined.contains("vhost-user-vsock"));
+    }
+
+    #[test]
+    fn kvm_argv_has_no_tsc_and_net_and_vsock_wire_up() {
+        let d = QemuDriver::new("/usr/bin/qemu-system-x86_64".into(), Accel::Kvm, 2_000_000);
+        let mut s = spec();
+        s.net = Some(NetSpec {
+            tap: "bgr-tap0".into(),
+            mac: MacAddr::derive("web-1"),
+        });
+        s.vsock = Some(VsockSpec {
+            guest_cid: 3,
+            uds_path: "/var/lib/banger/vms/web-1/v.sock".into(),
+        });
+        let a = args(&d, &s);
+        let joined = a.join(" ");
+        assert!(joined.contains("-accel kvm"));
+        assert!(!joined.contains("tsc_early_khz"));
+        assert!(joined.contains("tap,id=net0,ifname=bgr-tap0,script=no,downscript=no"));
+        assert!(joined.contains(&format!("mac={}", MacAddr::derive("web-1"))));
+        assert!(joined.contains("microvm,memory-backend=mem"));
+        assert!(joined.contains("memory-backend-memfd,id=mem,size=1024M,share=on"));
+        assert!(joined.contains("vhost-user-vsock-device,chardev=vs0"));
+    }
+
+    #[test]
+    fn commas_in_paths_are_rejected_not_misparsed() {
+        let d = QemuDriver::new("/usr/bin/qemu-system-x86_64".into(), Accel::Tcg, 1);
+        let mut s = spec();
+        s.root_disk = "/tmp/a,b/root.ext4".into();
+        assert!(matches!(d.argv(&s), Err(VmmError::InvalidSpec(_))));
+    }
+}
