@@ -1,3 +1,237 @@
-fn main() {
-    println!("Hello, world!");
+//! `banger-vsock-agent`: runs as root inside every banger guest.
+//!
+//! Listens on vsock port `AGENT_PORT` (or a Unix socket for tests) and, at
+//! start, announces readiness to the host (CID 2, `READY_PORT`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use banger_agent::server::{AgentConfig, guest_hello, serve_connection};
+use banger_proto::agent::{AGENT_PORT, GuestMsg, HOST_CID, READY_PORT};
+use clap::Parser;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Endpoint {
+    Vsock { cid: u32, port: u32 },
+    Unix(PathBuf),
+    None,
+}
+
+fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    if s == "none" {
+        return Ok(Endpoint::None);
+    }
+    if let Some(p) = s.strip_prefix("unix:") {
+        return Ok(Endpoint::Unix(PathBuf::from(p)));
+    }
+    if let Some(rest) = s.strip_prefix("vsock:") {
+        let parts: Vec<&str> = rest.split(':').collect();
+        let num = |x: &str| {
+            x.parse::<u32>()
+                .map_err(|_| format!("{x:?} in {s:?} is not a number"))
+        };
+        return match parts.as_slice() {
+            [port] => Ok(Endpoint::Vsock {
+                cid: u32::MAX, // VMADDR_CID_ANY
+                port: num(port)?,
+            }),
+            [cid, port] => Ok(Endpoint::Vsock {
+                cid: num(cid)?,
+                port: num(port)?,
+            }),
+            _ => Err(format!("{s:?}: expected vsock:PORT or vsock:CID:PORT")),
+        };
+    }
+    Err(format!(
+        "{s:?}: expected vsock:[CID:]PORT, unix:PATH or none"
+    ))
+}
+
+/// banger guest agent: readiness, exec, file transfer and clean shutdown over vsock.
+#[derive(Debug, Parser)]
+#[command(name = "banger-vsock-agent", version)]
+struct Args {
+    /// Where to serve: vsock:PORT or unix:PATH.
+    #[arg(long, default_value_t = format!("vsock:{AGENT_PORT}"), value_parser = parse_endpoint_str)]
+    listen: String,
+    /// Where to announce readiness: vsock:CID:PORT, unix:PATH or none.
+    #[arg(long, default_value_t = format!("vsock:{HOST_CID}:{READY_PORT}"), value_parser = parse_endpoint_str)]
+    announce: String,
+    /// Acknowledge shutdown and sync-time without changing the machine
+    /// (for tests, or running outside a guest).
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn parse_endpoint_str(s: &str) -> Result<String, String> {
+    parse_endpoint(s).map(|_| s.to_string())
+}
+
+/// How long the agent keeps trying to reach the host's readiness socket.
+const ANNOUNCE_FOR: Duration = Duration::from_secs(600);
+
+async fn announce_once<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> Result<(), String> {
+    let f = banger_proto::agent::Frame::control(&GuestMsg::Hello(guest_hello()))
+        .map_err(|e| e.to_string())?;
+    s.write_all(&f.encode()).await.map_err(|e| e.to_string())?;
+    s.shutdown().await.map_err(|e| e.to_string())
+}
+
+async fn announce(to: Endpoint) {
+    let start = std::time::Instant::now();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let res = match &to {
+            Endpoint::None => return,
+            Endpoint::Unix(p) => match tokio::net::UnixStream::connect(p).await {
+                Ok(s) => announce_once(s).await,
+                Err(e) => Err(e.to_string()),
+            },
+            Endpoint::Vsock { cid, port } => {
+                match tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port))
+                    .await
+                {
+                    Ok(s) => announce_once(s).await,
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        match res {
+            Ok(()) => {
+                tracing::info!("announced readiness to {to:?}");
+                return;
+            }
+            Err(e) if start.elapsed() > ANNOUNCE_FOR => {
+                tracing::error!("giving up announcing readiness to {to:?}: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!("announcing readiness to {to:?} failed ({e}); retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+fn bind_vsock(cid: u32, port: u32) -> std::io::Result<tokio_vsock::VsockListener> {
+    let addr = tokio_vsock::VsockAddr::new(cid, port);
+    match tokio_vsock::VsockListener::bind(addr) {
+        Ok(l) => Ok(l),
+        Err(e) => {
+            // The virtio vsock transport may be a module udev has not
+            // loaded yet this early in boot.
+            tracing::warn!("binding vsock port {port} failed ({e}); loading the vsock transport");
+            let _ = std::process::Command::new("modprobe")
+                .arg("vmw_vsock_virtio_transport")
+                .status();
+            tokio_vsock::VsockListener::bind(addr)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let cfg = Arc::new(if args.dry_run {
+        AgentConfig::harmless()
+    } else {
+        AgentConfig::guest()
+    });
+    let listen = parse_endpoint(&args.listen)?;
+    let announce_to = parse_endpoint(&args.announce)?;
+    match listen {
+        Endpoint::Unix(p) => {
+            let _ = std::fs::remove_file(&p);
+            let l = tokio::net::UnixListener::bind(&p)
+                .map_err(|e| format!("cannot listen on {}: {e}", p.display()))?;
+            tracing::info!("listening on unix:{}", p.display());
+            tokio::spawn(announce(announce_to));
+            loop {
+                match l.accept().await {
+                    Ok((s, _)) => {
+                        tokio::spawn(serve_connection(s, cfg.clone()));
+                    }
+                    Err(e) => tracing::warn!("accept: {e}"),
+                }
+            }
+        }
+        Endpoint::Vsock { cid, port } => {
+            let mut attempt = 0;
+            let l = loop {
+                match bind_vsock(cid, port) {
+                    Ok(l) => break l,
+                    Err(e) if attempt < 30 => {
+                        attempt += 1;
+                        tracing::warn!("cannot listen on vsock port {port} yet: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => return Err(format!("cannot listen on vsock port {port}: {e}")),
+                }
+            };
+            tracing::info!("listening on vsock port {port}");
+            tokio::spawn(announce(announce_to));
+            loop {
+                match l.accept().await {
+                    Ok((s, _)) => {
+                        tokio::spawn(serve_connection(s, cfg.clone()));
+                    }
+                    Err(e) => tracing::warn!("accept: {e}"),
+                }
+            }
+        }
+        Endpoint::None => Err("--listen none makes no sense: give vsock:PORT or unix:PATH".into()),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BANGER_AGENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("banger-vsock-agent: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("banger-vsock-agent: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(
+            parse_endpoint("vsock:2:10790"),
+            Ok(Endpoint::Vsock {
+                cid: 2,
+                port: 10790
+            })
+        );
+        assert_eq!(
+            parse_endpoint("unix:/tmp/a"),
+            Ok(Endpoint::Unix("/tmp/a".into()))
+        );
+        assert!(parse_endpoint("tcp:1").is_err());
+        assert!(parse_endpoint("vsock:x").is_err());
+    }
 }

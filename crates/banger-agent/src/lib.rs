@@ -1,0 +1,46 @@
+//! banger's guest agent (`banger-vsock-agent`) and the host side of its
+//! protocol.
+//!
+//! * [`server`]: the agent's handlers (exec, upload, download, shutdown,
+//!   sync-time), transport-agnostic; the binary serves them on AF_VSOCK, tests
+//!   on Unix sockets.
+//! * [`client`]: what the daemon calls: [`client::AgentClient`] over
+//!   Firecracker's hybrid vsock (`CONNECT <port>`), and
+//!   [`client::ReadinessListener`] for the boot-time announcement.
+//! * [`unpack`]: tar extraction that can never write outside its target.
+//!
+//! The wire format is in [`banger_proto::agent`].
+
+pub mod client;
+pub mod server;
+pub mod unpack;
+pub mod wire;
+
+pub use banger_proto::agent as proto;
+pub use client::{
+    AgentClient, AgentError, AgentTarget, DownloadStream, ExecControl, ExecOutput,
+    ReadinessListener, connect_hybrid, ready_socket_path,
+};
+
+/// The systemd unit installed into golden images, next to the binary at
+/// [`AGENT_INSTALL_PATH`].
+pub const SYSTEMD_UNIT: &str = include_str!("../assets/banger-vsock-agent.service");
+
+/// File name of [`SYSTEMD_UNIT`] under /etc/systemd/system.
+pub const SYSTEMD_UNIT_NAME: &str = "banger-vsock-agent.service";
+
+/// Where images install the agent binary (the unit's `ExecStart`).
+pub const AGENT_INSTALL_PATH: &str = "/usr/local/bin/banger-vsock-agent";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_starts_early_and_restarts() {
+        assert!(SYSTEMD_UNIT.contains("DefaultDependencies=no"));
+        assert!(SYSTEMD_UNIT.contains("Restart=always"));
+        assert!(!SYSTEMD_UNIT.contains("network-online"));
+        assert!(SYSTEMD_UNIT.contains(&format!("ExecStart={AGENT_INSTALL_PATH}")));
+    }
+}
