@@ -1,14 +1,25 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Host networking for banger.
+//!
+//! * [`alloc`]: pure per-VM identities — IP from the subnet, MAC, tap name.
+//! * [`host`]: the privileged primitives behind [`HostNet`], with the
+//!   recording [`FakeHostNet`]; [`real::RealHostNet`] is the kernel-backed one.
+//! * [`service`]: the root helper's validation and decisions ([`RootService`]).
+//! * [`nft`]: banger's own nftables tables as atomic JSON batches.
+//! * [`client`]: [`RootClient`], the daemon's side of the helper socket.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod alloc;
+pub mod client;
+pub mod host;
+pub mod nft;
+pub mod real;
+pub mod routes;
+pub mod service;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use alloc::{
+    AllocError, Mac, TAP_PREFIX, allocate_ip, tap_name, tap_name_unique, vm_capacity, vm_mac,
+};
+pub use client::{RootClient, RootClientError};
+pub use host::{FakeHostNet, HostCall, HostError, HostNet};
+pub use real::RealHostNet;
+pub use routes::Route;
+pub use service::RootService;

@@ -3,5 +3,6 @@
 //! drift apart. Nothing in this crate does I/O.
 
 pub mod api;
+pub mod root;
 
 pub use api::*;
