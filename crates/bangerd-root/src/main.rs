@@ -108,15 +108,16 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn bind(path: &Path, owner_uid: u32) -> Result<UnixListener> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating socket directory {}", dir.display()))?;
-            // Root-owned and search-only for others: the owner can reach the
-            // socket inside but cannot swap it for another file.
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
-                .with_context(|| format!("setting permissions of {}", dir.display()))?;
-        }
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating socket directory {}", dir.display()))?;
+        // Root-owned and search-only for others: the owner can reach the
+        // socket inside but cannot swap it for another file.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+            .with_context(|| format!("setting permissions of {}", dir.display()))?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
