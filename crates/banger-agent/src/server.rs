@@ -123,8 +123,22 @@ where
     if let Err(e) = session(&mut r, &w, &cfg).await {
         tracing::warn!("agent session ended with an error: {e}");
     }
-    let mut g = w.lock().await;
-    let _ = g.shutdown().await;
+    {
+        let mut g = w.lock().await;
+        let _ = g.shutdown().await;
+    }
+    // Closing a socket with unread input resets the connection, and the peer
+    // may then lose our last answer (often an error). Discard what the peer
+    // still sends, for a bounded time, until it closes.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut buf = vec![0u8; DATA_CHUNK];
+        while let Ok(n) = r.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn session(r: &mut Reader, w: &Writer, cfg: &AgentConfig) -> Result<(), WireError> {
@@ -464,7 +478,7 @@ async fn exec(req: ExecRequest, r: &mut Reader, w: &Writer) -> Result<(), WireEr
                             set_winsize(fd, size);
                         }
                     }
-                    Ok(HostMsg::Signal { signal }) => kill_process(pid, false, signal),
+                    Ok(HostMsg::Signal { signal }) => kill_process(pid, true, signal),
                     Ok(other) => tracing::warn!("ignoring {other:?} during exec"),
                     Err(e) => tracing::warn!("ignoring bad control frame during exec: {e}"),
                 },
@@ -500,8 +514,10 @@ async fn exec(req: ExecRequest, r: &mut Reader, w: &Writer) -> Result<(), WireEr
     send(w, &GuestMsg::Exited(status)).await
 }
 
-/// Signals the process (`group`: its whole process group; the child leads
-/// its own group in both modes: `process_group(0)` or `setsid`).
+/// Signals the process (`group`: its whole process group, like a terminal's
+/// Ctrl-C, so `sh -c` wrappers don't leave children holding the output open;
+/// the child leads its own group in both modes: `process_group(0)` or
+/// `setsid`).
 fn kill_process(pid: u32, group: bool, signal: i32) {
     let Ok(pid) = i32::try_from(pid) else { return };
     if pid <= 0 {

@@ -410,7 +410,7 @@ pub enum HostMsg {
     Exec(ExecRequest),
     /// Window size change of the tty (tty mode only).
     Resize(TtySize),
-    /// Send this signal number to the exec'd process.
+    /// Send this signal number to the exec'd process's process group.
     Signal { signal: i32 },
     /// Unpack the tar stream that follows as `Data` frames under
     /// `target_dir` (created if missing). Ends with an empty `Data` frame.
