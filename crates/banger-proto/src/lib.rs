@@ -2,6 +2,7 @@
 //! that the CLI, the owner daemon, the root helper and the guest agent cannot
 //! drift apart. Nothing in this crate does I/O.
 
+pub mod agent;
 pub mod api;
 pub mod root;
 
