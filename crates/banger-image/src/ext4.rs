@@ -3,6 +3,7 @@
 //! device nodes), `e2fsck -fn` as the gate; and in-place edits of an
 //! existing image (per-VM host keys, authorized_keys, hostname, network).
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
@@ -252,6 +253,7 @@ fn debugfs_script(image: &Path, script: &str, tolerated: &[&str]) -> Result<()> 
         .arg("-f")
         .arg(file.path())
         .arg(image)
+        .env("DEBUGFS_PAGER", "__none__")
         .stdin(std::process::Stdio::null());
     let out = c.output().map_err(|source| Error::Spawn {
         program: "debugfs".into(),
@@ -388,19 +390,36 @@ impl GuestEntry {
     }
 }
 
-const RM_MISSING: &str = "rm: File not found by ext2_lookup";
-const MKDIR_EXISTS: &[&str] = &[
-    "ext2fs_mkdir: Ext2 directory already exists",
-    "mkdir: Ext2 directory already exists",
-];
-
 /// Write, replace or remove files inside an ext4 image without mounting it:
 /// how the daemon puts per-VM ssh host keys, authorized_keys, hostname and
 /// network config into a guest's root disk. The image must not be in use by
 /// a running guest. Ends with `e2fsck -fn`.
 pub fn write_files(image: &Path, entries: &[GuestEntry]) -> Result<()> {
+    // debugfs's mkdir on an existing name leaves an orphaned inode behind
+    // and its rm/write fail on missing/existing names, so look first.
+    let mut wanted: Vec<String> = Vec::new();
+    for e in entries {
+        let path = match e {
+            GuestEntry::Dir { path, .. } | GuestEntry::File { path, .. } | GuestEntry::Remove { path } => path,
+        };
+        check_guest_path(path)?;
+        wanted.extend(ancestors(path));
+        wanted.push(path.clone());
+    }
+    wanted.sort();
+    wanted.dedup();
+    let mut existing = existing_paths(image, &wanted)?;
+
     let staging = tempfile::tempdir().ctx("create staging dir for", image)?;
     let mut s = String::new();
+    let mut mkdir_p = |s: &mut String, path: &str, existing: &mut BTreeSet<String>| -> Result<()> {
+        for d in ancestors(path).into_iter().chain([path.to_string()]) {
+            if existing.insert(d.clone()) {
+                let _ = writeln!(s, "mkdir {}", quote(&d)?);
+            }
+        }
+        Ok(())
+    };
     for (i, e) in entries.iter().enumerate() {
         match e {
             GuestEntry::Dir {
@@ -409,7 +428,7 @@ pub fn write_files(image: &Path, entries: &[GuestEntry]) -> Result<()> {
                 uid,
                 gid,
             } => {
-                mkdir_p(&mut s, path)?;
+                mkdir_p(&mut s, path, &mut existing)?;
                 let p = quote(path)?;
                 let _ = writeln!(
                     s,
@@ -426,7 +445,7 @@ pub fn write_files(image: &Path, entries: &[GuestEntry]) -> Result<()> {
             } => {
                 let (parent, _) = split(path)?;
                 if parent != "/" {
-                    mkdir_p(&mut s, &parent)?;
+                    mkdir_p(&mut s, &parent, &mut existing)?;
                 }
                 let host: PathBuf = staging.path().join(i.to_string());
                 fs::write(&host, contents).ctx("write staging file", &host)?;
@@ -435,33 +454,70 @@ pub fn write_files(image: &Path, entries: &[GuestEntry]) -> Result<()> {
                     reason: "staging path is not UTF-8",
                 })?;
                 let p = quote(path)?;
+                if existing.contains(path) {
+                    let _ = writeln!(s, "rm {p}");
+                }
+                existing.insert(path.clone());
                 let _ = writeln!(
                     s,
-                    "rm {p}\nwrite {} {p}\nsif {p} mode 0{:o}\nsif {p} uid {uid}\nsif {p} gid {gid}",
+                    "write {} {p}\nsif {p} mode 0{:o}\nsif {p} uid {uid}\nsif {p} gid {gid}",
                     quote(host_s)?,
                     0o100000 | (perm & 0o7777)
                 );
             }
             GuestEntry::Remove { path } => {
-                check_guest_path(path)?;
-                let _ = writeln!(s, "rm {}", quote(path)?);
+                if existing.remove(path) {
+                    let _ = writeln!(s, "rm {}", quote(path)?);
+                }
             }
         }
     }
-    let mut tolerated = vec![RM_MISSING];
-    tolerated.extend_from_slice(MKDIR_EXISTS);
-    debugfs_script(image, &s, &tolerated)?;
+    debugfs_script(image, &s, &[])?;
     fsck(image)
 }
 
-fn mkdir_p(s: &mut String, path: &str) -> Result<()> {
-    check_guest_path(path)?;
+/// `/a/b/c` → `/a`, `/a/b`.
+fn ancestors(path: &str) -> Vec<String> {
+    let mut out = Vec::new();
     let mut cur = PathBuf::from("/");
-    for c in Path::new(path).components().skip(1) {
+    let comps: Vec<_> = Path::new(path).components().skip(1).collect();
+    for c in comps.iter().take(comps.len().saturating_sub(1)) {
         cur.push(c);
-        let _ = writeln!(s, "mkdir {}", quote(&cur.to_string_lossy())?);
+        out.push(cur.to_string_lossy().into_owned());
     }
-    Ok(())
+    out
+}
+
+/// Which of `paths` exist in the image (one debugfs run).
+fn existing_paths(image: &Path, paths: &[String]) -> Result<BTreeSet<String>> {
+    let mut script = String::new();
+    for p in paths {
+        let _ = writeln!(script, "stat {}", quote(p)?);
+    }
+    let mut file = tempfile::NamedTempFile::new().ctx("create debugfs script for", image)?;
+    file.write_all(script.as_bytes())
+        .ctx("write debugfs script for", image)?;
+    let out = std::process::Command::new("debugfs")
+        .arg("-f")
+        .arg(file.path())
+        .arg(image)
+        .env("DEBUGFS_PAGER", "__none__")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| Error::Spawn {
+            program: "debugfs".into(),
+            source,
+        })?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let missing: BTreeSet<&str> = stderr
+        .lines()
+        .filter_map(|l| l.split_once(": File not found by ext2_lookup").map(|(p, _)| p))
+        .collect();
+    Ok(paths
+        .iter()
+        .filter(|p| !missing.contains(p.as_str()))
+        .cloned()
+        .collect())
 }
 
 /// Read a file out of an image (`debugfs cat`): for checks and tests.

@@ -41,6 +41,9 @@ pub fn unpack_tar<R: Read>(tar: R, dest: &Path) -> Result<Ext4Fixups> {
         if let Some((kind, _)) = node {
             // mknod needs privileges the unpacking user may lack: the node
             // is created by debugfs in the image instead.
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).ctx("create", parent)?;
+            }
             let major = h.device_major().ok().flatten().unwrap_or(0);
             let minor = h.device_minor().ok().flatten().unwrap_or(0);
             fixups.mknod(guest, kind, major, minor, mode & 0o7777, uid, gid);

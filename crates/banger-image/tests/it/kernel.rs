@@ -1,0 +1,43 @@
+use banger_image::kernel::{self, Compression};
+
+use crate::support::{Comp, fake_bzimage, fake_elf};
+
+#[test]
+fn extracts_vmlinux_from_each_compression() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (comp, want) in [
+        (Comp::Gzip, Compression::Gzip),
+        (Comp::Xz, Compression::Xz),
+        (Comp::Zstd, Compression::Zstd),
+    ] {
+        for pvh in [true, false] {
+            let elf = fake_elf(pvh);
+            let p = dir.path().join(format!("bz-{comp:?}-{pvh}"));
+            std::fs::write(&p, fake_bzimage(&elf, comp)).expect("write");
+            let v = kernel::extract_vmlinux(&p).expect("extract");
+            assert_eq!(v.compression, want);
+            assert_eq!(v.elf, elf, "{comp:?}: payload must decompress to the ELF");
+            assert_eq!(v.pvh, pvh, "{comp:?}: PVH note detection");
+        }
+    }
+}
+
+#[test]
+fn rejects_non_bzimage_and_non_elf_payload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("junk");
+    std::fs::write(&p, vec![0u8; 4096]).expect("write");
+    let e = kernel::extract_vmlinux(&p).expect_err("junk is not a bzImage");
+    assert!(e.to_string().contains("HdrS"), "{e}");
+
+    let p2 = dir.path().join("notelf");
+    std::fs::write(&p2, fake_bzimage(b"definitely not an ELF file", Comp::Gzip)).expect("write");
+    let e = kernel::extract_vmlinux(&p2).expect_err("payload is not ELF");
+    assert!(e.to_string().contains("not an ELF"), "{e}");
+}
+
+#[test]
+fn boot_args_have_no_nomodule() {
+    assert!(!kernel::DEFAULT_FIRECRACKER_BOOT_ARGS.contains("nomodule"));
+    assert!(kernel::DEFAULT_FIRECRACKER_BOOT_ARGS.contains("root=/dev/vda"));
+}
