@@ -211,19 +211,46 @@ fn prepare_dir(dir: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
         .map_err(|e| SystemError::io("set the mode of", dir, e))
 }
 
-fn base_command(program: &Path) -> Command {
+/// The capability the root helper keeps (the unit's CapabilityBoundingSet).
+const HELPER_CAP: libc::c_ulong = 12; // CAP_NET_ADMIN
+
+/// Highest capability number the running kernel knows.
+fn cap_last_cap() -> libc::c_ulong {
+    fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+/// `bound_caps_to`: for the helper, shrink the bounding set to that one
+/// capability before exec, so a root child ends with exactly it (what the
+/// unit's CapabilityBoundingSet gives) even if the helper dropped nothing.
+fn base_command(program: &Path, bound_caps_to: Option<libc::c_ulong>) -> Command {
     let mut cmd = Command::new(program);
     cmd.stdin(Stdio::null());
     // Own process group: a terminal's Ctrl-C reaches only us, and we decide
     // how the children stop (forward, wait, then kill).
     cmd.process_group(0);
-    // SAFETY: umask and prctl are async-signal-safe and touch only the child.
+    let last_cap = cap_last_cap();
+    // SAFETY: umask and prctl are async-signal-safe, allocate nothing and
+    // touch only the child. std runs this after setgid/setuid.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::umask(0o077);
             // If the supervisor dies without stopping us, stop anyway rather
             // than linger detached from any terminal.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(keep) = bound_caps_to {
+                for cap in 0..=last_cap {
+                    if cap != keep && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+            }
+            // NoNewPrivileges=yes, as in both units.
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -319,7 +346,7 @@ impl Foreground {
                 // root:<owner group> 0750, as RuntimeDirectory gives the unit.
                 prepare_dir(dir, 0o750, Some((0, owner.gid)))?;
             }
-            let mut cmd = base_command(&helper_bin);
+            let mut cmd = base_command(&helper_bin, Some(HELPER_CAP));
             cmd.arg("--socket")
                 .arg(&p.root_socket)
                 .arg("--owner-uid")
@@ -340,7 +367,7 @@ impl Foreground {
             tracing::warn!("{n}");
         }
 
-        let mut cmd = base_command(&daemon_bin);
+        let mut cmd = base_command(&daemon_bin, None);
         cmd.arg("--socket")
             .arg(&p.socket)
             .arg("--state-dir")
