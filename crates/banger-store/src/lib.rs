@@ -59,6 +59,9 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Chooses a free address given the addresses already leased.
+pub type IpPicker<'a> = &'a dyn Fn(&[String]) -> Option<String>;
+
 /// A VM row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmRecord {
@@ -196,7 +199,7 @@ impl Store {
     pub fn insert_vm(
         &self,
         vm: &VmRecord,
-        pick_ip: Option<&dyn Fn(&[String]) -> Option<String>>,
+        pick_ip: Option<IpPicker<'_>>,
         subnet_label: &str,
     ) -> Result<VmRecord> {
         let mut conn = self.conn();

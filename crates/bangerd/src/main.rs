@@ -1,3 +1,62 @@
-fn main() {
-    println!("Hello, world!");
+//! `bangerd`, the owner daemon. Runs as the unprivileged owner user (under
+//! systemd as `bangerd.service`, or in the foreground via `banger system run`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// banger's owner daemon: keeps state, runs VMs and serves the API socket.
+#[derive(Debug, Parser)]
+#[command(name = "bangerd", version)]
+struct Args {
+    /// API socket path (default /run/banger/bangerd.sock).
+    #[arg(long, env = banger_core::paths::ENV_SOCKET)]
+    socket: Option<PathBuf>,
+    /// State directory: database, images, kernels, VM disks (default /var/lib/banger).
+    #[arg(long, env = banger_core::paths::ENV_STATE_DIR)]
+    state_dir: Option<PathBuf>,
+    /// Cache directory: downloads, layer cache (default /var/cache/banger).
+    #[arg(long, env = banger_core::paths::ENV_CACHE_DIR)]
+    cache_dir: Option<PathBuf>,
+    /// Runtime directory: sockets of running VMs (default: the socket's directory).
+    #[arg(long, env = banger_core::paths::ENV_RUNTIME_DIR)]
+    runtime_dir: Option<PathBuf>,
+    /// The root helper's socket (default /run/banger-root/bangerd-root.sock).
+    #[arg(long, env = banger_core::paths::ENV_ROOT_SOCKET)]
+    root_socket: Option<PathBuf>,
+    /// Config file (default $XDG_CONFIG_HOME/banger/config.toml).
+    #[arg(long, env = banger_core::paths::ENV_CONFIG)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    // Everything the daemon and its children (VMMs) create is private to
+    // the owner unless a narrower mode is chosen explicitly.
+    // SAFETY: umask only changes this process's file-creation mask.
+    unsafe { libc::umask(0o077) };
+    bangerd::logging::init();
+    let args = Args::parse();
+    let paths = banger_core::Paths::resolve(
+        args.state_dir,
+        args.cache_dir,
+        args.runtime_dir,
+        args.socket,
+        args.root_socket,
+    );
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bangerd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(bangerd::run(paths, args.config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("bangerd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,435 @@
+//! The command tree. Raw arguments become these types; each command module
+//! turns them into validated settings before doing anything.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::engine::ArgValueCandidates;
+
+use crate::completion::{image_names, kernel_names, vm_names};
+
+const AFTER_HELP: &str = "\
+Examples:
+  banger vm run                        bare sandbox, drops into ssh
+  banger vm run ./repo                 workspace at /root/repo, drops into ssh
+  banger vm run ./repo -- make test    run a command, exit with its status
+  banger vm run --rm -- ./script.sh    ephemeral: the VM is deleted on exit
+
+Config: ~/.config/banger/config.toml (see `banger config show`).
+Daemon socket: /run/banger/bangerd.sock (override with --socket or BANGER_SOCKET).";
+
+/// One-command development sandboxes on Firecracker microVMs.
+///
+/// banger gives you a fresh Linux machine with ssh in seconds. The owner
+/// daemon (bangerd) keeps state and runs VMs; this command talks to it.
+#[derive(Debug, Parser)]
+#[command(name = "banger", version, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    /// Path of bangerd's API socket.
+    #[arg(long, global = true, env = "BANGER_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, run and manage VMs.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Pull, build and manage guest images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Manage guest kernels.
+    #[command(subcommand)]
+    Kernel(KernelCommand),
+    /// Check that this host can run banger, and say how to fix what is missing.
+    Doctor(JsonFlag),
+    /// Show banger's configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Install, inspect and remove banger's system services.
+    #[command(subcommand)]
+    System(SystemCommand),
+    /// Show, install or remove the `Include` that lets plain `ssh <name>.vm` work.
+    SshConfig(SshConfigArgs),
+    /// Print a shell completion script (with live VM, image and kernel names).
+    #[command(after_help = COMPLETION_HELP)]
+    Completion(CompletionArgs),
+}
+
+#[derive(Debug, Args, Clone, Copy)]
+pub struct JsonFlag {
+    /// Print machine-readable JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Sizing and placement flags shared by `vm run` and `vm create`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct VmShape {
+    /// Name of the VM (a DNS label: it becomes <name>.vm). Default: a random name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Image to boot. Default: default_image_name from config (debian-bookworm).
+    #[arg(long, add = ArgValueCandidates::new(image_names))]
+    pub image: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long)]
+    pub vcpu: Option<u32>,
+    /// Memory: MiB as a number, or a size such as 2G.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Size of the work disk mounted at /root, such as 16G.
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<String>,
+    /// Cut the VM off from the outside world; the host can still reach it.
+    #[arg(long)]
+    pub no_egress: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Create a VM, start it, and drop into ssh or run a command.
+    ///
+    /// With PATH, the repository's git-tracked files are copied to /root/repo
+    /// first. With `-- CMD…`, CMD runs in the guest and banger exits with its
+    /// status.
+    Run(VmRunArgs),
+    /// Create a VM (and start it unless --no-start).
+    Create(VmCreateArgs),
+    /// Start a stopped VM.
+    Start(VmName),
+    /// Stop a running VM: clean shutdown, then force after a timeout.
+    Stop(VmName),
+    /// Stop and start a VM.
+    Restart(VmName),
+    /// Delete a VM and everything it owns (disks, address, sockets).
+    #[command(alias = "rm")]
+    Delete(VmName),
+    /// List VMs.
+    #[command(alias = "ls")]
+    List(JsonFlag),
+    /// Show one VM.
+    Show(VmShowArgs),
+    /// Open an ssh session to a VM, or run a command over ssh.
+    Ssh(VmSshArgs),
+    /// Show a VM's serial console log.
+    Logs(VmLogsArgs),
+    /// Run a command in a VM through the guest agent (no ssh).
+    Exec(VmExecArgs),
+    /// Copy files between the host and a VM (NAME:PATH names the guest side).
+    Cp(VmCpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VmRunArgs {
+    #[command(flatten)]
+    pub shape: VmShape,
+    /// Delete the VM when the session or command ends.
+    #[arg(long)]
+    pub rm: bool,
+    /// Also ship untracked files that are not ignored (workspace mode).
+    #[arg(long)]
+    pub include_untracked: bool,
+    /// Print the files that would be copied and exit without creating a VM.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Ship the tree of this branch instead of the working tree.
+    #[arg(long, conflicts_with = "from")]
+    pub branch: Option<String>,
+    /// Ship the tree of this commit-ish instead of the working tree.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Print how long each phase took.
+    #[arg(long)]
+    pub timings: bool,
+    /// Repository to copy into /root/repo (workspace mode).
+    pub path: Option<PathBuf>,
+    /// Command to run in the guest (after `--`).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VmCreateArgs {
+    #[command(flatten)]
+    pub shape: VmShape,
+    /// Only create the VM; do not start it.
+    #[arg(long)]
+    pub no_start: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct VmName {
+    /// Name of the VM.
+    #[arg(add = ArgValueCandidates::new(vm_names))]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct VmShowArgs {
+    /// Name of the VM.
+    #[arg(add = ArgValueCandidates::new(vm_names))]
+    pub name: String,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct VmSshArgs {
+    /// Name of the VM.
+    #[arg(add = ArgValueCandidates::new(vm_names))]
+    pub name: String,
+    /// Command to run instead of an interactive shell (after `--`).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VmLogsArgs {
+    /// Name of the VM.
+    #[arg(add = ArgValueCandidates::new(vm_names))]
+    pub name: String,
+    /// Keep printing new output until interrupted.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VmExecArgs {
+    /// Name of the VM.
+    #[arg(add = ArgValueCandidates::new(vm_names))]
+    pub name: String,
+    /// Allocate a terminal for the command.
+    #[arg(long, short)]
+    pub tty: bool,
+    /// Command to run (after `--`).
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VmCpArgs {
+    /// Source: a host path, or NAME:PATH in a VM.
+    pub src: String,
+    /// Destination: a host path, or NAME:PATH in a VM.
+    pub dst: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Fetch an image: a catalog name (signed bundle) or an OCI reference.
+    Pull(ImagePullArgs),
+    /// Build the golden image locally from Debian packages.
+    Build(ImageBuildArgs),
+    /// List images.
+    #[command(alias = "ls")]
+    List(JsonFlag),
+    /// Show one image.
+    Show(ImageShowArgs),
+    /// Delete an image (refused while a VM uses it).
+    #[command(alias = "rm")]
+    Delete(ImageName),
+    /// Register an existing rootfs.ext4 and kernel as an image.
+    Register(ImageRegisterArgs),
+    /// Produce a signed bundle from an image, for publishing in a catalog.
+    Bundle(ImageBundleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImagePullArgs {
+    /// Catalog name (e.g. debian-bookworm) or OCI reference (e.g. python:3.12-slim).
+    pub reference: String,
+    /// Local name for the image (default: derived from the reference).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
+pub enum Profile {
+    /// The developer image: systemd, sshd, docker, git, build tools.
+    #[default]
+    Full,
+    /// A small, fast-booting image for tests.
+    Minimal,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageBuildArgs {
+    /// Name of the image to build.
+    #[arg(default_value = banger_core::config::DEFAULT_IMAGE_NAME)]
+    pub name: String,
+    /// What goes into the image.
+    #[arg(long, value_enum, default_value_t)]
+    pub profile: Profile,
+    /// Debian mirror to build from (default: the host's apt sources).
+    #[arg(long)]
+    pub mirror: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageName {
+    /// Name of the image.
+    #[arg(add = ArgValueCandidates::new(image_names))]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageShowArgs {
+    /// Name of the image.
+    #[arg(add = ArgValueCandidates::new(image_names))]
+    pub name: String,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageRegisterArgs {
+    /// Name for the image.
+    pub name: String,
+    /// Root filesystem image (ext4).
+    #[arg(long)]
+    pub rootfs: PathBuf,
+    /// Kernel to boot it with (a registered kernel name).
+    #[arg(long, add = ArgValueCandidates::new(kernel_names))]
+    pub kernel: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageBundleArgs {
+    /// Name of the image.
+    #[arg(add = ArgValueCandidates::new(image_names))]
+    pub name: String,
+    /// ed25519 signing key file.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Directory to write the bundle into.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// List kernels.
+    #[command(alias = "ls")]
+    List(JsonFlag),
+    /// Fetch a kernel from the catalog.
+    Pull(KernelPullArgs),
+    /// Register kernel files from disk.
+    Register(KernelRegisterArgs),
+    /// Delete a kernel (refused while an image or VM uses it).
+    #[command(alias = "rm")]
+    Delete(KernelName),
+}
+
+#[derive(Debug, Args)]
+pub struct KernelPullArgs {
+    /// Catalog name of the kernel.
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct KernelRegisterArgs {
+    /// Name for the kernel.
+    pub name: String,
+    /// Compressed kernel (bzImage), booted by the qemu driver.
+    #[arg(long)]
+    pub vmlinuz: PathBuf,
+    /// Initial ramdisk.
+    #[arg(long)]
+    pub initrd: PathBuf,
+    /// Uncompressed ELF kernel, booted by Firecracker (extracted from vmlinuz when omitted).
+    #[arg(long)]
+    pub vmlinux: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct KernelName {
+    /// Name of the kernel.
+    #[arg(add = ArgValueCandidates::new(kernel_names))]
+    pub name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print every effective setting and where it came from.
+    Show(JsonFlag),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Install bangerd and bangerd-root as systemd services (needs root).
+    Install(SystemInstallArgs),
+    /// Show the state of banger's services.
+    Status(JsonFlag),
+    /// Restart both services; running VMs survive (needs root).
+    Restart,
+    /// Remove banger's services and binaries (needs root).
+    Uninstall(SystemUninstallArgs),
+    /// Run bangerd-root and bangerd in this terminal (hosts without systemd).
+    Run(SystemRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SystemInstallArgs {
+    /// The user who owns banger's VMs and talks to the daemon.
+    #[arg(long)]
+    pub owner: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SystemUninstallArgs {
+    /// Also remove all VMs, images and caches under /var/lib/banger and /var/cache/banger.
+    #[arg(long)]
+    pub purge: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SystemRunArgs {
+    /// The user who owns the VMs (default: the invoking user, or $SUDO_USER under sudo).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Keep everything under this directory instead of the system paths.
+    #[arg(long, value_name = "DIR")]
+    pub prefix: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SshConfigArgs {
+    /// Add the Include to ~/.ssh/config (in a marker-fenced block).
+    #[arg(long, conflicts_with = "uninstall")]
+    pub install: bool,
+    /// Remove exactly the block --install added.
+    #[arg(long)]
+    pub uninstall: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+    Powershell,
+}
+
+const COMPLETION_HELP: &str = "\
+Loading the script:
+  bash        banger completion bash | sudo tee /etc/bash_completion.d/banger
+              (or: source <(banger completion bash) in ~/.bashrc)
+  zsh         banger completion zsh > ~/.zfunc/_banger   (~/.zfunc on fpath)
+  fish        banger completion fish > ~/.config/fish/completions/banger.fish
+  powershell  banger completion powershell | Out-String | Invoke-Expression
+
+Names of VMs, images and kernels are asked from the running daemon; with the
+daemon down, they complete to nothing.";
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to print a script for.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}

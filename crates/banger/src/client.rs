@@ -1,0 +1,167 @@
+//! The CLI's HTTP/1.1 client for the daemon's Unix socket.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use banger_proto::{API_VERSION, ApiError, VersionInfo};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error(
+        "bangerd is not running (cannot connect to {socket}: {reason}).\n\
+         Start it with `sudo banger system install --owner \"$USER\"` on a systemd host,\n\
+         or `sudo banger system run` in a terminal (hosts without systemd); see `banger doctor`."
+    )]
+    DaemonDown { socket: PathBuf, reason: String },
+    #[error(
+        "bangerd at {socket} speaks API version {theirs}, this banger speaks {ours}; install matching versions (`sudo banger system install`)"
+    )]
+    VersionMismatch {
+        socket: PathBuf,
+        theirs: u32,
+        ours: u32,
+    },
+    #[error("{0}")]
+    Api(ApiError),
+    #[error("talking to bangerd at {socket}: {detail}")]
+    Transport { socket: PathBuf, detail: String },
+    #[error("bangerd sent an answer this banger cannot read ({status}): {detail}")]
+    BadAnswer { status: StatusCode, detail: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: PathBuf) -> Self {
+        Client { socket }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let transport = |detail: String| ClientError::Transport {
+            socket: self.socket.clone(),
+            detail,
+        };
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| ClientError::DaemonDown {
+                socket: self.socket.clone(),
+                reason: e.to_string(),
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, "bangerd");
+        if body.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| transport(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| transport(e.to_string()))?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = self.send(method, path, body).await?;
+        if status.is_success() {
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer {
+                status,
+                detail: e.to_string(),
+            })
+        } else {
+            match serde_json::from_slice::<ApiError>(&bytes) {
+                Ok(e) => Err(ClientError::Api(e)),
+                Err(_) => Err(ClientError::BadAnswer {
+                    status,
+                    detail: String::from_utf8_lossy(&bytes).into_owned(),
+                }),
+            }
+        }
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Transport {
+            socket: self.socket.clone(),
+            detail: e.to_string(),
+        })?;
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    /// Checks that the daemon answers and speaks our API version.
+    pub async fn version(&self) -> Result<VersionInfo, ClientError> {
+        let v: VersionInfo = self.get("/v1/version").await?;
+        if v.api_version != API_VERSION {
+            return Err(ClientError::VersionMismatch {
+                socket: self.socket.clone(),
+                theirs: v.api_version,
+                ours: API_VERSION,
+            });
+        }
+        Ok(v)
+    }
+
+    /// Like `get`, but gives up after `timeout` (used by shell completion,
+    /// which must never make a shell hang).
+    pub async fn get_with_timeout<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Option<T> {
+        tokio::time::timeout(timeout, self.get(path))
+            .await
+            .ok()?
+            .ok()
+    }
+}

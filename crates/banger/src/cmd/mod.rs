@@ -1,0 +1,121 @@
+//! One module per command group.
+
+mod config;
+mod image;
+mod ssh_config;
+mod vm;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::cli::{Cli, Command, SystemCommand};
+use crate::client::Client;
+use crate::output;
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = Client::new(banger_core::paths::client_socket(cli.socket.clone()));
+    match cli.command {
+        Command::Completion(a) => {
+            let mut out = std::io::stdout().lock();
+            crate::completion::write_script(a.shell, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(c) => config::run(c),
+        Command::Doctor(j) => doctor(&client, j.json),
+        Command::SshConfig(a) => ssh_config::run(a),
+        Command::Vm(c) => block_on(vm::run(&client, c)),
+        Command::Image(c) => block_on(image::run_image(&client, c)),
+        Command::Kernel(c) => block_on(image::run_kernel(&client, c)),
+        Command::System(c) => system(c),
+    }
+}
+
+pub fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    f: F,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(f)
+}
+
+/// Loads the user's config, or fails with the file, line and key named.
+pub fn load_config() -> anyhow::Result<banger_core::Config> {
+    Ok(banger_core::Config::load_default()?)
+}
+
+pub fn home() -> anyhow::Result<std::path::PathBuf> {
+    banger_core::host::home_dir().context("cannot find your home directory: set $HOME")
+}
+
+fn doctor(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
+    let config = load_config()?;
+    let home = home()?;
+    let daemon = block_on_value(async {
+        match client.version().await {
+            Ok(v) => Ok(format!(
+                "running (pid {}, version {}) at {}",
+                v.pid,
+                v.daemon_version,
+                client.socket().display()
+            )),
+            Err(e) => Err(e.to_string().lines().next().unwrap_or_default().to_string()),
+        }
+    });
+    let report = crate::doctor::run_checks(&config, &home, Some(daemon));
+    if json {
+        output::print_json(&report)?;
+    } else {
+        for c in &report.checks {
+            let mark = match c.status {
+                banger_proto::CheckStatus::Ok => output::green("ok  "),
+                banger_proto::CheckStatus::Warn => output::yellow("warn"),
+                banger_proto::CheckStatus::Fail => output::red("FAIL"),
+            };
+            println!("{mark}  {:<18} {}", c.name, c.detail);
+            if let Some(fix) = &c.fix {
+                println!("      {:<18} fix: {fix}", "");
+            }
+        }
+        println!();
+        match &report.vmm.driver {
+            Some(d) => println!("VMM: {d} — {}", report.vmm.reason),
+            None => println!("VMM: none usable — {}", report.vmm.reason),
+        }
+        if !report.ok {
+            println!(
+                "{}",
+                output::red("Some required checks failed; see the fixes above.")
+            );
+        }
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn block_on_value<T>(f: impl std::future::Future<Output = T>) -> T {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => panic!("cannot start the async runtime: {e}"),
+    }
+}
+
+fn system(c: SystemCommand) -> anyhow::Result<ExitCode> {
+    let what = match c {
+        SystemCommand::Install(_) => "system install",
+        SystemCommand::Status(_) => "system status",
+        SystemCommand::Restart => "system restart",
+        SystemCommand::Uninstall(_) => "system uninstall",
+        SystemCommand::Run(_) => "system run",
+    };
+    anyhow::bail!("`banger {what}` is not available in this build yet")
+}

@@ -1,0 +1,174 @@
+//! `banger ssh-config [--install|--uninstall]`: opt-in `Include` of banger's
+//! ssh_config from ~/.ssh/config, inside a marker-fenced block that
+//! `--uninstall` removes byte for byte.
+
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::cli::SshConfigArgs;
+
+pub const BEGIN: &str = "# >>> banger (managed by `banger ssh-config`) >>>";
+pub const END: &str = "# <<< banger <<<";
+pub const INCLUDE: &str = "Include ~/.config/banger/ssh_config";
+
+fn block() -> String {
+    format!("{BEGIN}\n{INCLUDE}\n{END}\n")
+}
+
+/// Adds the block. It goes first: an `Include` placed after a `Host` line
+/// would only apply inside that host's section.
+pub fn add_block(text: &str) -> Option<String> {
+    if text.contains(BEGIN) {
+        return None;
+    }
+    Some(format!("{}{}", block(), text))
+}
+
+/// Removes exactly what [`add_block`] added; None when it is not there.
+pub fn remove_block(text: &str) -> Option<String> {
+    let b = block();
+    if let Some(i) = text.find(&b) {
+        let mut out = String::with_capacity(text.len() - b.len());
+        out.push_str(&text[..i]);
+        out.push_str(&text[i + b.len()..]);
+        return Some(out);
+    }
+    // Tolerate a hand-edited block: drop from BEGIN to END inclusive.
+    let start = text.find(BEGIN)?;
+    let end_rel = text[start..].find(END)?;
+    let mut end = start + end_rel + END.len();
+    if text[end..].starts_with('\n') {
+        end += 1;
+    }
+    Some(format!("{}{}", &text[..start], &text[end..]))
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("banger-tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    // Keep the mode the user chose for an existing file.
+    if let Ok(meta) = std::fs::metadata(path) {
+        std::fs::set_permissions(
+            &tmp,
+            std::fs::Permissions::from_mode(meta.permissions().mode() & 0o7777),
+        )?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+pub fn install(ssh_config: &Path) -> anyhow::Result<bool> {
+    let text = match std::fs::read_to_string(ssh_config) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", ssh_config.display())),
+    };
+    let Some(new) = add_block(&text) else {
+        return Ok(false);
+    };
+    if let Some(dir) = ssh_config.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    write_private(ssh_config, &new)?;
+    Ok(true)
+}
+
+pub fn uninstall(ssh_config: &Path) -> anyhow::Result<bool> {
+    let text = match std::fs::read_to_string(ssh_config) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", ssh_config.display())),
+    };
+    match remove_block(&text) {
+        Some(new) => {
+            write_private(ssh_config, &new)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+pub fn run(a: SshConfigArgs) -> anyhow::Result<ExitCode> {
+    let home = super::home()?;
+    let path = home.join(".ssh/config");
+    if a.install {
+        if install(&path)? {
+            println!("added `{INCLUDE}` to {}", path.display());
+        } else {
+            println!("{} already includes banger's ssh_config", path.display());
+        }
+    } else if a.uninstall {
+        if uninstall(&path)? {
+            println!("removed banger's block from {}", path.display());
+        } else {
+            println!("{} has no banger block; nothing to do", path.display());
+        }
+    } else {
+        println!("{INCLUDE}");
+        eprintln!(
+            "Put that line at the top of {} (or run `banger ssh-config --install`) so `ssh <name>.vm` works.",
+            path.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_uninstall_round_trips_byte_for_byte() {
+        for original in [
+            "",
+            "Host a\n  User x\n",
+            "Host b\n  Port 2\n# no trailing newline",
+        ] {
+            let added = add_block(original).expect("added");
+            assert!(added.starts_with(BEGIN));
+            assert_eq!(add_block(&added), None, "idempotent");
+            assert_eq!(remove_block(&added).as_deref(), Some(original));
+        }
+        assert_eq!(remove_block("Host a\n"), None);
+    }
+
+    #[test]
+    fn files_keep_their_mode_and_new_files_are_private() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join(".ssh/config");
+        assert!(install(&p).expect("install"));
+        let mode = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dmode = std::fs::metadata(p.parent().expect("dir"))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dmode, 0o700);
+        assert!(uninstall(&p).expect("uninstall"));
+        assert_eq!(std::fs::read_to_string(&p).expect("read"), "");
+
+        std::fs::write(&p, "Host z\n").expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        install(&p).expect("install");
+        let mode = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        uninstall(&p).expect("uninstall");
+        assert_eq!(std::fs::read_to_string(&p).expect("read"), "Host z\n");
+    }
+}

@@ -1,0 +1,206 @@
+//! `banger vm …`.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use banger_core::size::{format_size, parse_size};
+use banger_proto::{CreateVmRequest, CreateVmResponse, VmInfo, VmSpec};
+
+use crate::cli::{VmCommand, VmShape};
+use crate::client::Client;
+use crate::output;
+
+/// `--memory`: a bare number is MiB (as in config's memory_mib), else a size.
+pub fn parse_memory_mib(s: &str) -> anyhow::Result<u64> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    let bytes = parse_size(s).with_context(|| format!("invalid --memory {s:?}"))?;
+    Ok(bytes >> 20)
+}
+
+pub fn create_request(shape: &VmShape, start: bool) -> anyhow::Result<CreateVmRequest> {
+    if let Some(n) = &shape.name {
+        banger_core::names::validate_vm_name(n)?;
+    }
+    if shape.vcpu == Some(0) {
+        bail!("--vcpu must be at least 1");
+    }
+    Ok(CreateVmRequest {
+        name: shape.name.clone(),
+        image: shape.image.clone(),
+        vcpu: shape.vcpu,
+        memory_mib: shape.memory.as_deref().map(parse_memory_mib).transpose()?,
+        disk_bytes: shape
+            .disk
+            .as_deref()
+            .map(|d| parse_size(d).with_context(|| format!("invalid --disk {d:?}")))
+            .transpose()?,
+        no_egress: shape.no_egress,
+        start,
+    })
+}
+
+/// The `spec:` line printed before a VM is created.
+pub fn spec_line(spec: &VmSpec) -> String {
+    format!(
+        "spec: {} vCPU ({}), {} MiB RAM ({}), {} disk ({})",
+        spec.vcpu.value,
+        spec.vcpu.source,
+        spec.memory_mib.value,
+        spec.memory_mib.source,
+        format_size(spec.disk_bytes.value),
+        spec.disk_bytes.source
+    )
+}
+
+fn vm_rows(vms: &[VmInfo]) -> Vec<Vec<String>> {
+    vms.iter()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                v.state.to_string(),
+                v.image.clone(),
+                v.ip.clone().unwrap_or_else(|| "-".into()),
+                v.vcpu.to_string(),
+                format!("{}M", v.memory_mib),
+                format_size(v.disk_bytes),
+                v.vmm.clone(),
+                output::age(v.created_at),
+            ]
+        })
+        .collect()
+}
+
+fn print_vm(v: &VmInfo) {
+    let rows = [
+        ("name", v.name.clone()),
+        ("state", v.state.to_string()),
+        ("reason", v.reason.clone().unwrap_or_else(|| "-".into())),
+        ("image", v.image.clone()),
+        ("address", v.ip.clone().unwrap_or_else(|| "-".into())),
+        ("hostname", format!("{}.vm", v.name)),
+        ("mac", v.mac.clone()),
+        ("vcpu", v.vcpu.to_string()),
+        ("memory", format!("{} MiB", v.memory_mib)),
+        ("disk", format_size(v.disk_bytes)),
+        ("vmm", v.vmm.clone()),
+        (
+            "pid",
+            v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "egress",
+            if v.no_egress {
+                "blocked".into()
+            } else {
+                "allowed".into()
+            },
+        ),
+        ("created", output::age(v.created_at)),
+    ];
+    for (k, val) in rows {
+        println!("{k:<9} {val}");
+    }
+}
+
+pub async fn run(client: &Client, c: VmCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        VmCommand::List(j) => {
+            let vms: Vec<VmInfo> = client.get("/v1/vms").await?;
+            if j.json {
+                output::print_json(&vms)?;
+            } else if vms.is_empty() {
+                println!("No VMs. Create one with `banger vm run`.");
+            } else {
+                output::print_table(
+                    &[
+                        "NAME", "STATE", "IMAGE", "IP", "VCPU", "MEMORY", "DISK", "VMM", "CREATED",
+                    ],
+                    &vm_rows(&vms),
+                );
+            }
+        }
+        VmCommand::Show(a) => {
+            let vm: VmInfo = client.get(&format!("/v1/vms/{}", a.name)).await?;
+            if a.json.json {
+                output::print_json(&vm)?;
+            } else {
+                print_vm(&vm);
+            }
+        }
+        VmCommand::Create(a) => {
+            let req = create_request(&a.shape, !a.no_start)?;
+            let resp: CreateVmResponse = client.post("/v1/vms", &req).await?;
+            if a.json.json {
+                output::print_json(&resp)?;
+            } else {
+                println!("{}", spec_line(&resp.spec));
+                println!("created {} ({})", resp.vm.name, resp.vm.state);
+            }
+        }
+        VmCommand::Start(n) => {
+            let vm: VmInfo = client
+                .post(&format!("/v1/vms/{}/start", n.name), &())
+                .await?;
+            println!("{} {}", vm.name, vm.state);
+        }
+        VmCommand::Stop(n) => {
+            let vm: VmInfo = client
+                .post(&format!("/v1/vms/{}/stop", n.name), &())
+                .await?;
+            println!("{} {}", vm.name, vm.state);
+        }
+        VmCommand::Restart(n) => {
+            let vm: VmInfo = client
+                .post(&format!("/v1/vms/{}/restart", n.name), &())
+                .await?;
+            println!("{} {}", vm.name, vm.state);
+        }
+        VmCommand::Delete(n) => {
+            let vm: VmInfo = client.delete(&format!("/v1/vms/{}", n.name)).await?;
+            println!("deleted {}", vm.name);
+        }
+        VmCommand::Logs(_) => bail!("`banger vm logs` is not available in this build yet"),
+        VmCommand::Run(_) => bail!("`banger vm run` is not available in this build yet"),
+        VmCommand::Ssh(_) => bail!("`banger vm ssh` is not available in this build yet"),
+        VmCommand::Exec(_) => bail!("`banger vm exec` is not available in this build yet"),
+        VmCommand::Cp(_) => bail!("`banger vm cp` is not available in this build yet"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_flag_accepts_mib_or_sizes() {
+        assert_eq!(parse_memory_mib("2048").expect("mib"), 2048);
+        assert_eq!(parse_memory_mib("2G").expect("size"), 2048);
+        assert!(parse_memory_mib("lots").is_err());
+    }
+
+    #[test]
+    fn create_request_validates_before_sending() {
+        let bad = VmShape {
+            name: Some("Bad_Name".into()),
+            ..Default::default()
+        };
+        assert!(create_request(&bad, true).is_err());
+        let shape = VmShape {
+            name: Some("ok".into()),
+            disk: Some("16G".into()),
+            memory: Some("512".into()),
+            ..Default::default()
+        };
+        let r = create_request(&shape, true).expect("valid");
+        assert_eq!(r.disk_bytes, Some(16 << 30));
+        assert_eq!(r.memory_mib, Some(512));
+        let zero = VmShape {
+            vcpu: Some(0),
+            ..Default::default()
+        };
+        assert!(create_request(&zero, true).is_err());
+    }
+}

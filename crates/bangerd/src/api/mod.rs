@@ -1,0 +1,143 @@
+//! HTTP routes of the public API. Handlers are thin: they parse, call the
+//! daemon, and map typed errors to typed JSON answers.
+
+mod images;
+mod vms;
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use banger_proto::{API_VERSION, ApiError, ErrorKind, Names, VersionInfo};
+use banger_store::StoreError;
+
+use crate::Daemon;
+
+pub type AppState = Arc<Daemon>;
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiErr(pub ApiError);
+
+impl ApiErr {
+    pub fn new(kind: ErrorKind, msg: impl Into<String>) -> Self {
+        ApiErr(ApiError::new(kind, msg))
+    }
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadRequest, msg)
+    }
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(ErrorKind::Internal, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiErr {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.kind.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(kind = ?self.0.kind, "{}", self.0.message);
+        }
+        (status, Json(self.0)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiErr {
+    fn from(e: StoreError) -> Self {
+        let kind = match &e {
+            StoreError::VmNotFound(_)
+            | StoreError::ImageNotFound(_)
+            | StoreError::KernelNotFound(_) => ErrorKind::NotFound,
+            StoreError::VmExists(_)
+            | StoreError::ImageExists(_)
+            | StoreError::KernelExists(_)
+            | StoreError::InUse { .. }
+            | StoreError::SubnetFull(_) => ErrorKind::Conflict,
+            _ => ErrorKind::Internal,
+        };
+        ApiErr::new(kind, e.to_string())
+    }
+}
+
+impl From<banger_core::names::NameError> for ApiErr {
+    fn from(e: banger_core::names::NameError) -> Self {
+        ApiErr::bad_request(e.to_string())
+    }
+}
+
+pub type ApiResult<T> = Result<Json<T>, ApiErr>;
+
+/// `Json<T>` whose rejection is a typed [`ApiError`] instead of axum's text.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiErr;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rej) => Err(ApiErr::bad_request(format!(
+                "malformed request body: {}",
+                rej.body_text()
+            ))),
+        }
+    }
+}
+
+pub fn router(daemon: AppState) -> Router {
+    Router::new()
+        .route("/v1/version", get(version))
+        .route("/v1/names", get(names))
+        .merge(vms::routes())
+        .merge(images::routes())
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(daemon)
+}
+
+async fn version() -> Json<VersionInfo> {
+    Json(VersionInfo {
+        api_version: API_VERSION,
+        daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+    })
+}
+
+async fn names(State(d): State<AppState>) -> ApiResult<Names> {
+    Ok(Json(Names {
+        vms: d.store.list_vms()?.into_iter().map(|v| v.name).collect(),
+        images: d.store.list_images()?.into_iter().map(|v| v.name).collect(),
+        kernels: d
+            .store
+            .list_kernels()?
+            .into_iter()
+            .map(|v| v.name)
+            .collect(),
+    }))
+}
+
+async fn unknown_route(req: Request) -> ApiErr {
+    ApiErr::new(
+        ErrorKind::UnknownRoute,
+        format!("no route {} {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiErr {
+    ApiErr::new(
+        ErrorKind::BadRequest,
+        format!(
+            "method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
