@@ -125,11 +125,13 @@ fn parse_edns(r: &mut Reader<'_>, arcount: u16) -> Option<u8> {
     None
 }
 
-fn header(out: &mut Vec<u8>, id: u16, rd: bool, aa: bool, rcode: u8, qd: u16, an: u16, ar: u16) {
+/// `counts` = question, answer, additional (authority is always empty).
+fn header(out: &mut Vec<u8>, id: u16, rd: bool, aa: bool, rcode: u8, counts: [u16; 3]) {
     out.extend_from_slice(&id.to_be_bytes());
     let b2 = 0x80 | if aa { 0x04 } else { 0 } | if rd { 0x01 } else { 0 };
     out.push(b2);
     out.push(rcode & 0x0f);
+    let [qd, an, ar] = counts;
     for v in [qd, an, 0, ar] {
         out.extend_from_slice(&v.to_be_bytes());
     }
@@ -153,7 +155,7 @@ pub fn answer(query: &[u8], names: &impl Lookup) -> Option<Vec<u8>> {
     let arcount = u16::from_be_bytes([query[10], query[11]]);
     let mut out = Vec::with_capacity(128);
     if opcode != 0 {
-        header(&mut out, id, rd, false, RCODE_NOTIMP, 0, 0, 0);
+        header(&mut out, id, rd, false, RCODE_NOTIMP, [0; 3]);
         return Some(out);
     }
     let mut r = Reader {
@@ -163,7 +165,7 @@ pub fn answer(query: &[u8], names: &impl Lookup) -> Option<Vec<u8>> {
     let q = match (qdcount, parse_question(&mut r)) {
         (1, Some(q)) => q,
         _ => {
-            header(&mut out, id, rd, false, RCODE_FORMERR, 0, 0, 0);
+            header(&mut out, id, rd, false, RCODE_FORMERR, [0; 3]);
             return Some(out);
         }
     };
@@ -203,9 +205,7 @@ pub fn answer(query: &[u8], names: &impl Lookup) -> Option<Vec<u8>> {
         rd,
         aa,
         rcode,
-        1,
-        u16::from(ip.is_some()),
-        u16::from(edns.is_some()),
+        [1, u16::from(ip.is_some()), u16::from(edns.is_some())],
     );
     out.extend_from_slice(q.raw);
     if let Some(ip) = ip {

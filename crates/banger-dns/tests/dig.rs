@@ -10,7 +10,14 @@ use banger_dns::{DnsServer, NameTable};
 fn dig(addr: SocketAddr, name: &str, qtype: &str) -> String {
     let out = Command::new("dig")
         .arg(format!("@{}", addr.ip()))
-        .args(["-p", &addr.port().to_string(), name, qtype, "+time=2", "+tries=1"])
+        .args([
+            "-p",
+            &addr.port().to_string(),
+            name,
+            qtype,
+            "+time=2",
+            "+tries=1",
+        ])
         .output()
         .expect("run dig");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -19,7 +26,15 @@ fn dig(addr: SocketAddr, name: &str, qtype: &str) -> String {
 fn dig_short(addr: SocketAddr, name: &str) -> String {
     let out = Command::new("dig")
         .arg(format!("@{}", addr.ip()))
-        .args(["-p", &addr.port().to_string(), name, "A", "+short", "+time=2", "+tries=1"])
+        .args([
+            "-p",
+            &addr.port().to_string(),
+            name,
+            "A",
+            "+short",
+            "+time=2",
+            "+tries=1",
+        ])
         .output()
         .expect("run dig");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -36,7 +51,9 @@ async fn answers_real_queries_and_survives_garbage() {
         return;
     }
     let table = NameTable::new();
-    table.set("sandbox", Ipv4Addr::new(172, 16, 0, 2)).expect("valid");
+    table
+        .set("sandbox", Ipv4Addr::new(172, 16, 0, 2))
+        .expect("valid");
     let server = DnsServer::bind("127.0.0.1:0".parse().expect("addr"), table.clone())
         .await
         .expect("bind");
@@ -57,12 +74,20 @@ async fn answers_real_queries_and_survives_garbage() {
         assert!(out.contains("status: REFUSED"), "{out}");
 
         let out = dig(addr, "sandbox.vm", "AAAA");
-        assert!(out.contains("status: NOERROR") && out.contains("ANSWER: 0"), "{out}");
+        assert!(
+            out.contains("status: NOERROR") && out.contains("ANSWER: 0"),
+            "{out}"
+        );
         let out = dig(addr, "sandbox.vm", "TXT");
-        assert!(out.contains("status: NOERROR") && out.contains("ANSWER: 0"), "{out}");
+        assert!(
+            out.contains("status: NOERROR") && out.contains("ANSWER: 0"),
+            "{out}"
+        );
 
         // Live updates: create, rename, delete.
-        table.set("web", Ipv4Addr::new(172, 16, 0, 3)).expect("valid");
+        table
+            .set("web", Ipv4Addr::new(172, 16, 0, 3))
+            .expect("valid");
         assert_eq!(dig_short(addr, "web.vm"), "172.16.0.3");
         table.rename("web", "web2").expect("valid");
         assert_eq!(dig_short(addr, "web2.vm"), "172.16.0.3");
@@ -73,7 +98,8 @@ async fn answers_real_queries_and_survives_garbage() {
         // Garbage: empty, short, a response, oversized, truncated
         // question, compression pointer in the question, random bytes.
         let s = UdpSocket::bind("127.0.0.1:0").expect("bind client");
-        s.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
         let mut garbage: Vec<Vec<u8>> = vec![
             vec![],
             vec![0],
@@ -81,8 +107,12 @@ async fn answers_real_queries_and_survives_garbage() {
             vec![0x12, 0x34, 0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1],
             vec![0x41; 5000],
             vec![0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0, 7, b's', b'a'],
-            vec![0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0, 1, 0, 1],
-            vec![0x12, 0x34, 0x01, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            vec![
+                0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0, 1, 0, 1,
+            ],
+            vec![
+                0x12, 0x34, 0x01, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            ],
         ];
         let mut x: u32 = 0x9e37_79b9;
         for len in 0..200 {
@@ -111,7 +141,11 @@ async fn answers_real_queries_and_survives_garbage() {
         }
         assert!(formerr, "no FORMERR for a truncated question");
 
-        assert_eq!(dig_short(addr, "sandbox.vm"), "172.16.0.2", "still answering after garbage");
+        assert_eq!(
+            dig_short(addr, "sandbox.vm"),
+            "172.16.0.2",
+            "still answering after garbage"
+        );
     });
     tokio::time::timeout(Duration::from_secs(60), checks)
         .await
