@@ -202,7 +202,13 @@ impl std::fmt::Debug for Foreground {
     }
 }
 
+/// Create `dir` with `mode` (and owner) if it is missing. An existing
+/// directory is left exactly as it is: a socket path such as /tmp/x.sock
+/// must never lead to re-moding or re-owning /tmp.
 fn prepare_dir(dir: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
     fs::create_dir_all(dir).map_err(|e| SystemError::io("create directory", dir, e))?;
     if let Some((uid, gid)) = owner {
         chown(dir, Some(uid), Some(gid)).map_err(|e| SystemError::io("chown", dir, e))?;

@@ -241,8 +241,13 @@ fn without_root_only_the_daemon_starts_and_the_reason_is_given() {
         euid,
         systemd_booted: false,
     };
+    // A directory that already exists is not re-moded (think /tmp).
+    fs::create_dir_all(&fx.paths.cache_dir).expect("mkdir");
+    fs::set_permissions(&fx.paths.cache_dir, fs::Permissions::from_mode(0o1777)).expect("chmod");
     let stop = StopFlag::new();
     let fg = Foreground::start(&opts(&fx, None), &facts, stop.clone()).expect("start");
+    assert_eq!(mode_of(&fx.paths.cache_dir).0, 0o1777);
+    assert_eq!(mode_of(&fx.paths.state_dir).0, 0o700);
     assert_eq!(fg.helper_pid(), None);
     assert_eq!(fg.notes().len(), 1);
     assert!(
