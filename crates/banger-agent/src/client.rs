@@ -306,7 +306,11 @@ impl AgentClient {
                         }
                     };
                     let mut g = w.lock().await;
-                    if write_data(&mut *g, FrameKind::Stdin, &buf[..n]).await.is_err() || n == 0 {
+                    if write_data(&mut *g, FrameKind::Stdin, &buf[..n])
+                        .await
+                        .is_err()
+                        || n == 0
+                    {
                         return;
                     }
                 }
@@ -537,7 +541,10 @@ fn expect_pong(m: GuestMsg) -> Result<(), AgentError> {
     }
 }
 
-async fn read_msg<R: AsyncRead + Unpin>(r: &mut R, what: &'static str) -> Result<GuestMsg, AgentError> {
+async fn read_msg<R: AsyncRead + Unpin>(
+    r: &mut R,
+    what: &'static str,
+) -> Result<GuestMsg, AgentError> {
     let f = read_frame(r).await?.ok_or(AgentError::Closed(what))?;
     Ok(f.message::<GuestMsg>()?)
 }

@@ -101,10 +101,7 @@ async fn send_data(w: &Writer, kind: FrameKind, data: &[u8]) -> Result<(), WireE
 
 async fn read_msg_timeout(r: &mut Reader) -> Result<Option<HostMsg>, String> {
     match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(r)).await {
-        Err(_) => Err(format!(
-            "no request within {}s",
-            REQUEST_TIMEOUT.as_secs()
-        )),
+        Err(_) => Err(format!("no request within {}s", REQUEST_TIMEOUT.as_secs())),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok(None)) => Ok(None),
         Ok(Ok(Some(f))) => f.message::<HostMsg>().map(Some).map_err(|e| e.to_string()),
@@ -177,7 +174,9 @@ async fn session(r: &mut Reader, w: &Writer, cfg: &AgentConfig) -> Result<(), Wi
             send(w, &sync_time(unix_secs, nanos, cfg.set_clock)).await
         }
         other @ (HostMsg::Hello(_) | HostMsg::Resize(_) | HostMsg::Signal { .. }) => {
-            let m = format!("{other:?} is not a request; expected ping, exec, upload, download, shutdown or sync_time");
+            let m = format!(
+                "{other:?} is not a request; expected ping, exec, upload, download, shutdown or sync_time"
+            );
             send(w, &err(AgentErrorKind::BadRequest, m)).await
         }
     }
@@ -333,13 +332,17 @@ fn spawn_failure(argv0: &str, e: &io::Error) -> (i32, String) {
 
 async fn exec(req: ExecRequest, r: &mut Reader, w: &Writer) -> Result<(), WireError> {
     let Some(argv0) = req.argv.first().cloned() else {
-        return send(w, &err(AgentErrorKind::BadRequest, "exec with an empty argv")).await;
+        return send(
+            w,
+            &err(AgentErrorKind::BadRequest, "exec with an empty argv"),
+        )
+        .await;
     };
-    if let Some(cwd) = &req.cwd {
-        if !Path::new(cwd).is_dir() {
-            let m = format!("working directory {cwd} does not exist in the guest");
-            return send(w, &err(AgentErrorKind::NotFound, m)).await;
-        }
+    if let Some(cwd) = &req.cwd
+        && !Path::new(cwd).is_dir()
+    {
+        let m = format!("working directory {cwd} does not exist in the guest");
+        return send(w, &err(AgentErrorKind::NotFound, m)).await;
     }
     let mut cmd = tokio::process::Command::new(&argv0);
     cmd.args(&req.argv[1..])
@@ -423,7 +426,11 @@ async fn exec(req: ExecRequest, r: &mut Reader, w: &Writer) -> Result<(), WireEr
             (Ok(a), Ok(b)) => (a, b, m),
             _ => {
                 let _ = child.start_kill();
-                return send(w, &err(AgentErrorKind::Io, "cannot duplicate the pty master")).await;
+                return send(
+                    w,
+                    &err(AgentErrorKind::Io, "cannot duplicate the pty master"),
+                )
+                .await;
             }
         };
         let rd = tokio::fs::File::from_std(std::fs::File::from(rd));
@@ -465,11 +472,11 @@ async fn exec(req: ExecRequest, r: &mut Reader, w: &Writer) -> Result<(), WireEr
                     }
                 }
                 FrameKind::Stdin => {
-                    if let Some(s) = stdin_sink.as_mut() {
-                        if s.write_all(&f.payload).await.is_err() || s.flush().await.is_err() {
-                            // The process closed its stdin; discard the rest.
-                            stdin_sink = None;
-                        }
+                    if let Some(s) = stdin_sink.as_mut()
+                        && (s.write_all(&f.payload).await.is_err() || s.flush().await.is_err())
+                    {
+                        // The process closed its stdin; discard the rest.
+                        stdin_sink = None;
                     }
                 }
                 FrameKind::Control => match f.message::<HostMsg>() {
@@ -557,7 +564,10 @@ impl io::Read for ChunkReader {
 
 async fn upload(target: PathBuf, r: &mut Reader, w: &Writer) -> Result<(), WireError> {
     if !target.is_absolute() {
-        let m = format!("upload target {} must be an absolute path", target.display());
+        let m = format!(
+            "upload target {} must be an absolute path",
+            target.display()
+        );
         return send(w, &err(AgentErrorKind::BadRequest, m)).await;
     }
     // A small bounded queue: the host can be at most a few chunks ahead of
@@ -605,10 +615,10 @@ async fn upload(target: PathBuf, r: &mut Reader, w: &Writer) -> Result<(), WireE
         if f.payload.is_empty() {
             break;
         }
-        if let Some(s) = &tx {
-            if s.send(f.payload).await.is_err() {
-                tx = None;
-            }
+        if let Some(s) = &tx
+            && s.send(f.payload).await.is_err()
+        {
+            tx = None;
         }
     }
     drop(tx);
@@ -628,7 +638,13 @@ async fn upload(target: PathBuf, r: &mut Reader, w: &Writer) -> Result<(), WireE
             drain_data(r).await;
             Ok(())
         }
-        Err(e) => send(w, &err(AgentErrorKind::Io, format!("unpack task failed: {e}"))).await,
+        Err(e) => {
+            send(
+                w,
+                &err(AgentErrorKind::Io, format!("unpack task failed: {e}")),
+            )
+            .await
+        }
     }
 }
 
@@ -688,7 +704,11 @@ async fn download(path: PathBuf, w: &Writer) -> Result<(), WireError> {
         } else {
             AgentErrorKind::Io
         };
-        return send(w, &err(kind, format!("cannot read {}: {e}", path.display()))).await;
+        return send(
+            w,
+            &err(kind, format!("cannot read {}: {e}", path.display())),
+        )
+        .await;
     }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let p = path.clone();
@@ -714,7 +734,13 @@ async fn download(path: PathBuf, w: &Writer) -> Result<(), WireError> {
             let m = format!("cannot pack {}: {e}", path.display());
             send(w, &err(AgentErrorKind::Io, m)).await
         }
-        Err(e) => send(w, &err(AgentErrorKind::Io, format!("pack task failed: {e}"))).await,
+        Err(e) => {
+            send(
+                w,
+                &err(AgentErrorKind::Io, format!("pack task failed: {e}")),
+            )
+            .await
+        }
     }
 }
 

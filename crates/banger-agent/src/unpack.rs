@@ -168,7 +168,10 @@ pub fn unpack_contained<R: Read>(reader: R, target: &Path) -> Result<UploadSumma
                 summary.entries += 1;
                 continue;
             }
-            return Err(UnpackError::rejected(&raw, "a non-directory entry names the target directory itself"));
+            return Err(UnpackError::rejected(
+                &raw,
+                "a non-directory entry names the target directory itself",
+            ));
         }
         check_ancestors(&root, &rel, &raw)?;
         let dest = root.join(&rel);
@@ -206,7 +209,10 @@ pub fn unpack_contained<R: Read>(reader: R, target: &Path) -> Result<UploadSumma
                 let link_rel = contained_relative(&link).map_err(|_| {
                     UnpackError::rejected(
                         &raw,
-                        format!("hard link target {} is outside the target directory", link.display()),
+                        format!(
+                            "hard link target {} is outside the target directory",
+                            link.display()
+                        ),
                     )
                 })?;
                 check_ancestors(&root, &link_rel, &link)?;
@@ -218,7 +224,9 @@ pub fn unpack_contained<R: Read>(reader: R, target: &Path) -> Result<UploadSumma
             other => {
                 return Err(UnpackError::rejected(
                     &raw,
-                    format!("entry type {other:?} is not supported (only files, directories and links)"),
+                    format!(
+                        "entry type {other:?} is not supported (only files, directories and links)"
+                    ),
                 ));
             }
         }

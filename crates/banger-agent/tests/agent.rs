@@ -45,27 +45,45 @@ async fn hello_ping_shutdown_sync_time() {
 async fn exec_exit_codes_signals_and_missing_commands() {
     let a = serve_in_process();
     bounded!(async {
-        let out = a.client.exec_capture(&sh("echo hi; echo err >&2"), b"").await.expect("exec");
+        let out = a
+            .client
+            .exec_capture(&sh("echo hi; echo err >&2"), b"")
+            .await
+            .expect("exec");
         assert_eq!(out.status, ExitStatus::Exited { code: 0 });
         assert_eq!(out.stdout, b"hi\n");
         assert_eq!(out.stderr, b"err\n");
 
-        let out = a.client.exec_capture(&sh("exit 5"), b"").await.expect("exec");
+        let out = a
+            .client
+            .exec_capture(&sh("exit 5"), b"")
+            .await
+            .expect("exec");
         assert_eq!(out.status, ExitStatus::Exited { code: 5 });
         assert_eq!(out.status.shell_code(), 5);
 
-        let out = a.client.exec_capture(&sh("kill -9 $$"), b"").await.expect("exec");
+        let out = a
+            .client
+            .exec_capture(&sh("kill -9 $$"), b"")
+            .await
+            .expect("exec");
         assert_eq!(out.status, ExitStatus::Signaled { signal: 9 });
         assert_eq!(out.status.shell_code(), 137);
 
         let out = a
             .client
-            .exec_capture(&ExecRequest::new(["banger-no-such-command-xyz", "arg"]), b"")
+            .exec_capture(
+                &ExecRequest::new(["banger-no-such-command-xyz", "arg"]),
+                b"",
+            )
             .await
             .expect("exec");
         assert_eq!(out.status, ExitStatus::Exited { code: 127 });
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("banger-no-such-command-xyz: command not found"), "{err}");
+        assert!(
+            err.contains("banger-no-such-command-xyz: command not found"),
+            "{err}"
+        );
 
         // cwd and env are honoured.
         let mut req = sh("pwd; echo $BANGER_T");
@@ -91,11 +109,19 @@ async fn exec_signal_from_host() {
             let mut out = Vec::new();
             let mut err = Vec::new();
             client
-                .exec(&sh("echo started; sleep 30"), None::<&[u8]>, &mut out, &mut err, Some(rx))
+                .exec(
+                    &sh("echo started; sleep 30"),
+                    None::<&[u8]>,
+                    &mut out,
+                    &mut err,
+                    Some(rx),
+                )
                 .await
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
-        tx.send(banger_agent::ExecControl::Signal(15)).await.expect("send");
+        tx.send(banger_agent::ExecControl::Signal(15))
+            .await
+            .expect("send");
         let status = run.await.expect("join").expect("exec");
         assert_eq!(status, ExitStatus::Signaled { signal: 15 });
     });
@@ -117,7 +143,13 @@ async fn stdin_is_piped_through_cat() {
         let mut e = Vec::new();
         let st = a
             .client
-            .exec(&ExecRequest::new(["cat"]), None::<&[u8]>, &mut o, &mut e, None)
+            .exec(
+                &ExecRequest::new(["cat"]),
+                None::<&[u8]>,
+                &mut o,
+                &mut e,
+                None,
+            )
             .await
             .expect("exec");
         assert!(st.success() && o.is_empty());
@@ -129,7 +161,10 @@ async fn tty_mode_runs_on_a_pty_with_its_size() {
     let a = serve_in_process();
     bounded!(async {
         let mut req = sh("tty; stty size; echo to-stderr >&2; exit 3");
-        req.tty = Some(TtySize { rows: 33, cols: 101 });
+        req.tty = Some(TtySize {
+            rows: 33,
+            cols: 101,
+        });
         let out = a.client.exec_capture(&req, b"").await.expect("exec");
         let text = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status, ExitStatus::Exited { code: 3 }, "{text}");
@@ -142,9 +177,12 @@ async fn tty_mode_runs_on_a_pty_with_its_size() {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let mut req = sh("sleep 0.5; stty size");
         req.tty = Some(TtySize { rows: 10, cols: 10 });
-        tx.send(banger_agent::ExecControl::Resize(TtySize { rows: 50, cols: 120 }))
-            .await
-            .expect("send");
+        tx.send(banger_agent::ExecControl::Resize(TtySize {
+            rows: 50,
+            cols: 120,
+        }))
+        .await
+        .expect("send");
         let mut o = Vec::new();
         let mut e = Vec::new();
         let st = a
@@ -153,7 +191,11 @@ async fn tty_mode_runs_on_a_pty_with_its_size() {
             .await
             .expect("exec");
         assert!(st.success());
-        assert!(String::from_utf8_lossy(&o).contains("50 120"), "{:?}", String::from_utf8_lossy(&o));
+        assert!(
+            String::from_utf8_lossy(&o).contains("50 120"),
+            "{:?}",
+            String::from_utf8_lossy(&o)
+        );
     });
 }
 
@@ -166,20 +208,27 @@ async fn concurrent_sessions_run_in_parallel() {
         for i in 0..4 {
             let c = a.client.clone();
             tasks.push(tokio::spawn(async move {
-                c.exec_capture(&sh(&format!("sleep 1; echo {i}")), b"").await
+                c.exec_capture(&sh(&format!("sleep 1; echo {i}")), b"")
+                    .await
             }));
         }
         for (i, task) in tasks.into_iter().enumerate() {
             let out = task.await.expect("join").expect("exec");
             assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{i}\n"));
         }
-        assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            t.elapsed()
+        );
     });
 }
 
 /// Speaks raw frames to the agent to check its answers to bad input.
 async fn raw_exchange(sock: &std::path::Path, bytes: &[u8]) -> GuestMsg {
-    let mut s = tokio::net::UnixStream::connect(sock).await.expect("connect");
+    let mut s = tokio::net::UnixStream::connect(sock)
+        .await
+        .expect("connect");
     s.write_all(bytes).await.expect("write");
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.expect("read");
@@ -206,7 +255,11 @@ async fn bad_input_is_refused_clearly() {
         match raw_exchange(&a.sock, &hello(99)).await {
             GuestMsg::Error(e) => {
                 assert_eq!(e.kind, AgentErrorKind::VersionMismatch);
-                assert!(e.message.contains("v99") && e.message.contains("v1"), "{}", e.message);
+                assert!(
+                    e.message.contains("v99") && e.message.contains("v1"),
+                    "{}",
+                    e.message
+                );
             }
             other => panic!("expected an error, got {other:?}"),
         }
@@ -219,13 +272,23 @@ async fn bad_input_is_refused_clearly() {
         }
         // Unknown frame kind.
         match raw_exchange(&a.sock, &[0, 0, 0, 0, 77]).await {
-            GuestMsg::Error(e) => assert!(e.message.contains("unknown agent frame kind 77"), "{}", e.message),
+            GuestMsg::Error(e) => assert!(
+                e.message.contains("unknown agent frame kind 77"),
+                "{}",
+                e.message
+            ),
             other => panic!("expected an error, got {other:?}"),
         }
         // Unknown message type.
         let mut bytes = hello(1);
-        bytes.extend(Frame::data(FrameKind::Control, br#"{"type":"format_disk"}"#.to_vec()).expect("f").encode());
-        let mut s = tokio::net::UnixStream::connect(&a.sock).await.expect("connect");
+        bytes.extend(
+            Frame::data(FrameKind::Control, br#"{"type":"format_disk"}"#.to_vec())
+                .expect("f")
+                .encode(),
+        );
+        let mut s = tokio::net::UnixStream::connect(&a.sock)
+            .await
+            .expect("connect");
         s.write_all(&bytes).await.expect("write");
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.expect("read");
@@ -238,15 +301,27 @@ async fn bad_input_is_refused_clearly() {
             other => panic!("expected an error, got {other:?}"),
         }
         // Truncated frame then close: the agent just ends the session.
-        let mut s = tokio::net::UnixStream::connect(&a.sock).await.expect("connect");
+        let mut s = tokio::net::UnixStream::connect(&a.sock)
+            .await
+            .expect("connect");
         s.write_all(&hello(1)[..7]).await.expect("write");
         s.shutdown().await.expect("shutdown");
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.expect("read");
         let mut d = banger_proto::agent::FrameDecoder::new();
         d.push(&buf);
-        match d.next_frame().expect("decode").expect("frame").message::<GuestMsg>().expect("m") {
-            GuestMsg::Error(e) => assert!(e.message.contains("closed in the middle of a frame"), "{}", e.message),
+        match d
+            .next_frame()
+            .expect("decode")
+            .expect("frame")
+            .message::<GuestMsg>()
+            .expect("m")
+        {
+            GuestMsg::Error(e) => assert!(
+                e.message.contains("closed in the middle of a frame"),
+                "{}",
+                e.message
+            ),
             other => panic!("expected an error, got {other:?}"),
         }
         // The agent still serves after all that.
@@ -259,17 +334,28 @@ async fn client_reports_version_mismatch_from_readiness() {
     bounded!(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let uds = dir.path().join("v.sock");
-        let l = banger_agent::ReadinessListener::bind(&uds, banger_proto::agent::READY_PORT).expect("bind");
+        let l = banger_agent::ReadinessListener::bind(&uds, banger_proto::agent::READY_PORT)
+            .expect("bind");
         let path = l.path().to_path_buf();
         assert_eq!(path, dir.path().join("v.sock_10790"));
         tokio::spawn(async move {
             let mut h = banger_agent::server::guest_hello();
             h.protocol_version = 2;
-            let mut s = tokio::net::UnixStream::connect(&path).await.expect("connect");
-            s.write_all(&Frame::control(&GuestMsg::Hello(h)).expect("f").encode()).await.expect("w");
+            let mut s = tokio::net::UnixStream::connect(&path)
+                .await
+                .expect("connect");
+            s.write_all(&Frame::control(&GuestMsg::Hello(h)).expect("f").encode())
+                .await
+                .expect("w");
         });
-        let e = l.wait(Duration::from_secs(10), "vm1").await.expect_err("mismatch");
-        assert!(matches!(e, AgentError::VersionMismatch { host: 1, guest: 2 }), "{e}");
+        let e = l
+            .wait(Duration::from_secs(10), "vm1")
+            .await
+            .expect_err("mismatch");
+        assert!(
+            matches!(e, AgentError::VersionMismatch { host: 1, guest: 2 }),
+            "{e}"
+        );
         assert!(e.to_string().contains("v1") && e.to_string().contains("v2"));
     });
 }
@@ -278,9 +364,13 @@ async fn client_reports_version_mismatch_from_readiness() {
 async fn readiness_timeout_points_at_vm_logs() {
     bounded!(async {
         let dir = tempfile::tempdir().expect("tempdir");
-        let l = banger_agent::ReadinessListener::bind(&dir.path().join("v.sock"), 10790).expect("bind");
+        let l =
+            banger_agent::ReadinessListener::bind(&dir.path().join("v.sock"), 10790).expect("bind");
         let t = Instant::now();
-        let e = l.wait(Duration::from_millis(300), "slowpoke").await.expect_err("timeout");
+        let e = l
+            .wait(Duration::from_millis(300), "slowpoke")
+            .await
+            .expect_err("timeout");
         assert!(t.elapsed() < Duration::from_secs(2));
         let msg = e.to_string();
         assert!(msg.contains("banger vm logs slowpoke"), "{msg}");

@@ -26,7 +26,13 @@ enum FakeMode {
 
 /// A fake VMM vsock socket: reads the CONNECT line, then hands the rest of
 /// the stream to the agent.
-fn fake_vmm(mode: FakeMode) -> (tempfile::TempDir, PathBuf, tokio::sync::mpsc::Receiver<String>) {
+fn fake_vmm(
+    mode: FakeMode,
+) -> (
+    tempfile::TempDir,
+    PathBuf,
+    tokio::sync::mpsc::Receiver<String>,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let uds = dir.path().join("v.sock");
     let l = UnixListener::bind(&uds).expect("bind");
@@ -65,7 +71,10 @@ async fn client_speaks_the_protocol_through_connect_handshake() {
         let client = AgentClient::hybrid(&uds);
         let h = client.hello().await.expect("hello");
         assert_eq!(h.protocol_version, 1);
-        assert_eq!(lines.recv().await.expect("line"), format!("CONNECT {AGENT_PORT}"));
+        assert_eq!(
+            lines.recv().await.expect("line"),
+            format!("CONNECT {AGENT_PORT}")
+        );
         let out = client
             .exec_capture(&ExecRequest::new(["sh", "-c", "exit 5"]), b"")
             .await
@@ -73,7 +82,9 @@ async fn client_speaks_the_protocol_through_connect_handshake() {
         assert_eq!(out.status, ExitStatus::Exited { code: 5 });
 
         // The raw handshake leaves the stream positioned at the protocol.
-        let s = connect_hybrid(&uds, 4242, Duration::from_secs(5)).await.expect("connect");
+        let s = connect_hybrid(&uds, 4242, Duration::from_secs(5))
+            .await
+            .expect("connect");
         assert_eq!(lines.recv().await.expect("line"), "CONNECT 10789");
         assert_eq!(lines.recv().await.expect("line"), "CONNECT 4242");
         drop(s);
@@ -86,15 +97,27 @@ async fn client_speaks_the_protocol_through_connect_handshake() {
 async fn handshake_failures_are_explained() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let (_d1, closed, _l1) = fake_vmm(FakeMode::Close);
-        let e = AgentClient::hybrid(&closed).ping().await.expect_err("closed");
-        assert!(matches!(e, AgentError::HandshakeClosed { port: AGENT_PORT }), "{e}");
+        let e = AgentClient::hybrid(&closed)
+            .ping()
+            .await
+            .expect_err("closed");
+        assert!(
+            matches!(e, AgentError::HandshakeClosed { port: AGENT_PORT }),
+            "{e}"
+        );
         assert!(e.to_string().contains("banger-vsock-agent"), "{e}");
 
         let (_d2, garbage, _l2) = fake_vmm(FakeMode::Garbage);
-        let e = AgentClient::hybrid(&garbage).ping().await.expect_err("garbage");
+        let e = AgentClient::hybrid(&garbage)
+            .ping()
+            .await
+            .expect_err("garbage");
         assert!(e.to_string().contains("NOPE"), "{e}");
 
-        let e = AgentClient::hybrid("/nonexistent/banger/v.sock").ping().await.expect_err("no socket");
+        let e = AgentClient::hybrid("/nonexistent/banger/v.sock")
+            .ping()
+            .await
+            .expect_err("no socket");
         assert!(matches!(e, AgentError::Connect { .. }), "{e}");
         assert!(e.to_string().contains("/nonexistent/banger/v.sock"), "{e}");
     })

@@ -101,7 +101,11 @@ pub fn raw_entry(out: &mut Vec<u8>, name: &[u8], kind: tar::EntryType, link: &[u
     }
     h.set_entry_type(kind);
     h.set_size(data.len() as u64);
-    h.set_mode(if kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+    h.set_mode(if kind == tar::EntryType::Directory {
+        0o755
+    } else {
+        0o644
+    });
     h.set_mtime(1_700_000_000);
     h.set_cksum();
     out.extend_from_slice(h.as_bytes());
