@@ -133,13 +133,20 @@ ProtectKernelLogs=yes
 ProtectControlGroups=yes
 ProtectClock=yes
 ProtectHostname=yes
+# Hides other users' processes; the daemon's VMMs run as the owner too.
+ProtectProc=invisible
+PrivateMounts=yes
 RestrictRealtime=yes
 LockPersonality=yes
+RemoveIPC=yes
 SystemCallArchitectures=native
+SystemCallFilter=~@clock @debug @module @obsolete @raw-io @reboot @swap
+SystemCallErrorNumber=EPERM
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK AF_VSOCK
 # Not set, on purpose: MemoryDenyWriteExecute (QEMU's TCG is a JIT),
 # RestrictNamespaces (image builds unshare), RestrictSUIDSGID (a guest rootfs
-# holds setuid files). See docs/privilege-model.md.
+# holds setuid files), ~@mount (unshare builds mount in their namespace).
+# See docs/privilege-model.md.
 
 [Install]
 WantedBy=multi-user.target"
@@ -183,6 +190,7 @@ ProtectSystem=strict
 ProtectHome=yes
 PrivateTmp=yes
 PrivateIPC=yes
+PrivateMounts=yes
 ProtectProc=invisible
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
@@ -191,12 +199,15 @@ ProtectClock=yes
 ProtectHostname=yes
 # ProtectKernelTunables is not set: the helper enables net.ipv4.ip_forward.
 RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6
+# AF_INET sockets serve interface ioctls only: no IP traffic at all.
+IPAddressDeny=any
 RestrictNamespaces=yes
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
 LockPersonality=yes
 MemoryDenyWriteExecute=yes
 SystemCallArchitectures=native
+# Not ~@privileged: the helper drops its own capabilities with capset().
 SystemCallFilter=@system-service
 SystemCallErrorNumber=EPERM
 RemoveIPC=yes
