@@ -11,10 +11,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Bumped whenever the recipe changes, so stale caches are not reused.
-const RECIPE_VERSION: &str = "bookworm-v1";
+const RECIPE_VERSION: &str = "bookworm-v2";
 
-/// Printed on the serial console by the guest's `banger-test-ready.service`.
+/// Printed on the serial console by the guest's `banger-test-ready.service`, followed by
+/// ` root=<root device> work=<device labelled banger-work>`.
 pub const READY_MARKER: &str = "BANGER-TEST-READY";
+
+/// Guest vsock port where `socat` answers every connection with the hostname
+/// ([`GUEST_HOSTNAME`]) and closes.
+pub const VSOCK_ECHO_PORT: u32 = 5001;
+pub const GUEST_HOSTNAME: &str = "banger-test";
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
@@ -123,8 +129,15 @@ fn build(dir: &Path) -> Result<(), GuestError> {
         (
             "etc/systemd/system/banger-test-ready.service",
             "[Unit]\nDescription=banger test readiness marker\nAfter=basic.target\n\n\
-             [Service]\nType=oneshot\nExecStart=/bin/echo BANGER-TEST-READY\n\
+             [Service]\nType=oneshot\n\
+             ExecStart=/bin/sh -c 'echo BANGER-TEST-READY root=$$(findmnt -no SOURCE /) work=$$(blkid -L banger-work)'\n\
              StandardOutput=journal+console\n\n[Install]\nWantedBy=multi-user.target\n",
+        ),
+        (
+            "etc/systemd/system/banger-test-vsock.service",
+            "[Unit]\nDescription=banger test vsock responder\n\n\
+             [Service]\nExecStart=/usr/bin/socat VSOCK-LISTEN:5001,reuseaddr,fork EXEC:/usr/bin/hostname\n\
+             Restart=always\n\n[Install]\nWantedBy=multi-user.target\n",
         ),
         ("etc/hostname", "banger-test\n"),
         (
@@ -141,17 +154,16 @@ fn build(dir: &Path) -> Result<(), GuestError> {
     }
     let wants = overlay.join("etc/systemd/system/multi-user.target.wants");
     fs::create_dir_all(&wants).map_err(io("create wants dir"))?;
-    std::os::unix::fs::symlink(
-        "/etc/systemd/system/banger-test-ready.service",
-        wants.join("banger-test-ready.service"),
-    )
-    .map_err(io("enable marker unit"))?;
+    for unit in ["banger-test-ready.service", "banger-test-vsock.service"] {
+        std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), wants.join(unit))
+            .map_err(io(format!("enable {unit}")))?;
+    }
     // Root logs in on the serial console without a password (a throwaway test guest).
     let hook_sync = format!("sync-in {} /", overlay.display());
     run(Command::new(mmdebstrap)
         .arg("--mode=root")
         .arg("--variant=apt")
-        .arg("--include=systemd-sysv,linux-image-cloud-amd64,initramfs-tools,dbus,udev,iproute2")
+        .arg("--include=systemd-sysv,linux-image-cloud-amd64,initramfs-tools,dbus,udev,iproute2,socat")
         .arg(format!("--essential-hook={hook_sync}"))
         .arg(format!("--customize-hook={hook_sync}"))
         .arg("--customize-hook=chroot \"$1\" passwd -d root")

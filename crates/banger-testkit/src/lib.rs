@@ -8,6 +8,7 @@
 
 pub mod fake;
 pub mod guest;
+pub mod openapi;
 
 pub use guest::{GuestError, TestGuest, test_guest};
 

@@ -22,6 +22,9 @@ pub const LOG_FILE: &str = "qemu.log";
 pub const VHOST_SOCKET: &str = "vhost.sock";
 pub const VHOST_LOG_FILE: &str = "vhost-device-vsock.log";
 
+/// How often `stop` repeats the ACPI power button press while waiting.
+const POWERDOWN_REPEAT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone)]
 pub struct QemuDriver {
     pub bin: PathBuf,
@@ -348,10 +351,18 @@ impl Vmm for QemuDriver {
             }
         } else {
             let short = Duration::from_secs(2);
-            if let Err(e) = qmp_command(&qmp, "system_powerdown", short).await {
-                tracing::warn!(vm = %vm.handle().vm_name, "ACPI powerdown failed: {e}");
+            // A button press that arrives before the guest's logind watches the power button
+            // (early boot) is lost, so press again every few seconds until the grace ends.
+            let mut exited = None;
+            while exited.is_none() && t0.elapsed() < grace {
+                if let Err(e) = qmp_command(&qmp, "system_powerdown", short).await {
+                    tracing::warn!(vm = %vm.handle().vm_name, "ACPI powerdown failed: {e}");
+                }
+                exited = vm
+                    .wait_exit(POWERDOWN_REPEAT.min(grace.saturating_sub(t0.elapsed())))
+                    .await;
             }
-            match vm.wait_exit(grace.saturating_sub(t0.elapsed())).await {
+            match exited {
                 Some(exit) => StopOutcome {
                     method: StopMethod::Graceful,
                     exit: Some(exit),

@@ -1,0 +1,205 @@
+//! Real boots of a Debian guest through the QEMU driver (TCG on hosts whose KVM cannot run
+//! guests). Needs root (to build the cached test guest) and qemu-system-x86_64.
+//!
+//! create disks → start → console shows multi-user reached (marker unit, with the root and
+//! work devices) → graceful stop → start again (with vsock when vhost-device-vsock is
+//! installed: host→guest CONNECT through the hybrid-vsock protocol) → stop → no processes
+//! or sockets left behind.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use banger_testkit::guest::{GUEST_HOSTNAME, READY_MARKER, VSOCK_ECHO_PORT};
+use banger_vmm::{
+    KernelFiles, QemuDriver, RunningVmm, StopMethod, Vmm, VmmConfig, VmmKind, VmmPreference,
+    VmmSpec, VsockSpec, clone_disk, create_work_disk, select_vmm,
+};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn console_tail(path: &Path) -> String {
+    banger_testkit::tail_file(path, 60)
+}
+
+/// Waits until the console shows, for the `n`th time (the log is appended across boots),
+/// both the marker unit's line and systemd reaching multi-user.target; returns the marker line.
+async fn wait_ready(vm: &mut RunningVmm, console: &Path, n: usize) -> String {
+    let t0 = Instant::now();
+    loop {
+        let text =
+            String::from_utf8_lossy(&std::fs::read(console).unwrap_or_default()).into_owned();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(READY_MARKER)).collect();
+        let multi_user = text
+            .lines()
+            .filter(|l| l.contains("Reached target") && l.contains("multi-user.target"))
+            .count();
+        if lines.len() >= n && multi_user >= n {
+            eprintln!("boot {n}: ready after {:.1}s", t0.elapsed().as_secs_f64());
+            return lines[n - 1].to_string();
+        }
+        if !vm.is_alive() {
+            panic!(
+                "qemu exited during boot {n} ({:?}); console tail:\n{}",
+                vm.status(),
+                console_tail(console)
+            );
+        }
+        if t0.elapsed() > BOOT_TIMEOUT {
+            panic!(
+                "guest did not reach multi-user within {BOOT_TIMEOUT:?}; console tail:\n{}",
+                console_tail(console)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Host→guest vsock: `CONNECT <port>\n`, expect `OK `, then the guest's socat reply.
+async fn vsock_roundtrip(uds: &Path) -> Result<String, String> {
+    let mut s = tokio::net::UnixStream::connect(uds)
+        .await
+        .map_err(|e| format!("connect {}: {e}", uds.display()))?;
+    s.write_all(format!("CONNECT {VSOCK_ECHO_PORT}\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(s);
+    let mut ok = String::new();
+    r.read_line(&mut ok).await.map_err(|e| e.to_string())?;
+    if !ok.starts_with("OK ") {
+        return Err(format!("expected OK, got {ok:?}"));
+    }
+    let mut reply = String::new();
+    r.read_line(&mut reply).await.map_err(|e| e.to_string())?;
+    Ok(reply.trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_guest_boots_stops_and_boots_again_under_qemu() {
+    if !banger_testkit::is_root() {
+        eprintln!("SKIP: the QEMU boot test needs root (to build the test guest with mmdebstrap)");
+        return;
+    }
+    let sel = match select_vmm(&VmmConfig {
+        preference: VmmPreference::Qemu,
+        ..Default::default()
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("SKIP: {e}");
+            return;
+        }
+    };
+    assert_eq!(sel.kind, VmmKind::Qemu);
+    eprintln!(
+        "selection: {} (accel {:?}, tsc {:?})",
+        sel.reason, sel.accel, sel.tsc
+    );
+    let guest = banger_testkit::test_guest().expect("build/reuse the test guest");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vm_dir = dir.path();
+    let root = vm_dir.join("root.ext4");
+    let work = vm_dir.join("work.ext4");
+    let method = clone_disk(&guest.rootfs, &root).expect("clone root disk");
+    eprintln!("root disk cloned by {method:?}");
+    create_work_disk(&work, 256 << 20).expect("work disk");
+
+    let mut driver = QemuDriver::new(sel.qemu_bin.clone().expect("qemu"), sel.accel, sel.tsc.khz);
+    driver.vhost_vsock_bin = sel.vhost_vsock_bin.clone();
+    let kernel = KernelFiles {
+        vmlinux: None,
+        vmlinuz: Some(guest.vmlinuz.clone()),
+        initrd: Some(guest.initrd.clone()),
+    };
+    let mut spec = VmmSpec::new("boot-test", vm_dir, kernel, &root);
+    spec.boot_args = guest.boot_args.clone();
+    spec.work_disk = Some(work.clone());
+    spec.vcpus = 2;
+    spec.memory_mib = 1024;
+    let console = spec.console_log.clone();
+
+    // First boot: no network, no vsock.
+    let t0 = Instant::now();
+    let mut vm = driver
+        .start(&spec)
+        .await
+        .unwrap_or_else(|e| panic!("start: {e}\nconsole:\n{}", console_tail(&console)));
+    eprintln!("qemu started (pid {}) in {:?}", vm.pid(), t0.elapsed());
+    let line = wait_ready(&mut vm, &console, 1).await;
+    assert!(
+        line.contains("root=/dev/vda"),
+        "root is not /dev/vda: {line}"
+    );
+    assert!(
+        line.contains("work=/dev/vdb"),
+        "work disk is not /dev/vdb: {line}"
+    );
+    let handle = vm.handle().clone();
+    let out = driver
+        .stop(&mut vm, Duration::from_secs(60))
+        .await
+        .expect("stop");
+    eprintln!("first stop: {out:?}");
+    assert_eq!(
+        out.method,
+        StopMethod::Graceful,
+        "ACPI powerdown should shut the guest down; console:\n{}",
+        console_tail(&console)
+    );
+    assert!(!handle.process.is_alive());
+    assert!(!handle.control_socket.exists(), "QMP socket left behind");
+
+    // Second boot from the same disks, with vsock when the backend is installed.
+    let vsock = sel.vhost_vsock_bin.is_some();
+    if vsock {
+        spec.vsock = Some(VsockSpec {
+            guest_cid: 3,
+            uds_path: vm_dir.join("v.sock"),
+        });
+    } else {
+        eprintln!(
+            "NOTE: vhost-device-vsock not installed (cargo install vhost-device-vsock); second boot without vsock"
+        );
+    }
+    let mut vm = driver
+        .start(&spec)
+        .await
+        .unwrap_or_else(|e| panic!("restart: {e}\nconsole:\n{}", console_tail(&console)));
+    wait_ready(&mut vm, &console, 2).await;
+    if let Some(v) = &spec.vsock {
+        // socat may start a moment after the marker; retry briefly.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let reply = loop {
+            match vsock_roundtrip(&v.uds_path).await {
+                Ok(r) => break r,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("vsock not ready yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!(
+                    "vsock round trip failed: {e}\nconsole:\n{}",
+                    console_tail(&console)
+                ),
+            }
+        };
+        assert_eq!(reply, GUEST_HOSTNAME);
+        eprintln!("vsock host->guest round trip OK");
+    }
+    let handle = vm.handle().clone();
+    let out = driver
+        .stop(&mut vm, Duration::from_secs(60))
+        .await
+        .expect("stop");
+    eprintln!("second stop: {out:?}");
+    assert_ne!(
+        out.method,
+        StopMethod::Killed,
+        "console:\n{}",
+        console_tail(&console)
+    );
+    for h in &handle.helpers {
+        assert!(!h.process.is_alive(), "{} still running after stop", h.name);
+    }
+    assert!(!handle.process.is_alive());
+}
