@@ -255,6 +255,53 @@ impl SystemStatus {
             .iter()
             .all(|s| s.is_active() && s.socket.answering)
     }
+
+    /// The human-readable form of `banger system status`.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        match &self.metadata {
+            Some(m) => {
+                let _ = writeln!(
+                    out,
+                    "banger {} installed {} for {} (uid {}, group {})",
+                    m.version, m.installed_at, m.owner, m.uid, m.group
+                );
+            }
+            None => out.push_str(
+                "banger is not installed as a system service \
+                 (`sudo banger system install --owner USER`)\n",
+            ),
+        }
+        if let Some(e) = &self.metadata_error {
+            let _ = writeln!(out, "install metadata: {e}");
+        }
+        for s in &self.services {
+            let state = match (&s.active_state, &s.sub_state) {
+                (Some(a), Some(sub)) => format!("{a} ({sub})"),
+                (Some(a), None) => a.clone(),
+                _ => "unknown".to_owned(),
+            };
+            let pid = s
+                .main_pid
+                .map(|p| format!("pid {p}"))
+                .unwrap_or_else(|| "no pid".to_owned());
+            let _ = writeln!(out, "{:<21} {state}, {pid}", s.unit);
+            if let Some(e) = &s.error {
+                let _ = writeln!(out, "{:<21} {e}", "");
+            }
+            let sock = if s.socket.answering {
+                "answering".to_owned()
+            } else {
+                format!(
+                    "not answering: {}",
+                    s.socket.error.as_deref().unwrap_or("unknown")
+                )
+            };
+            let _ = writeln!(out, "{:<21} socket {} {sock}", "", s.socket.path.display());
+        }
+        out
+    }
 }
 
 fn parse_show(out: &str) -> std::collections::HashMap<&str, &str> {

@@ -505,6 +505,13 @@ fn status_reports_services_sockets_and_metadata() {
         st.metadata.as_ref().map(|m| m.uid).expect("uid")
     );
 
+    let text = st.to_text();
+    assert!(text.contains("banger 0.1.0 installed"), "{text}");
+    assert!(
+        text.contains("bangerd.service       active (running), pid 4343"),
+        "{text}"
+    );
+
     // The daemon dies: the service is failed and its socket refuses.
     drop(listeners);
     sys.set_show(
@@ -517,6 +524,41 @@ fn status_reports_services_sockets_and_metadata() {
     assert_eq!(st.services[1].active_state.as_deref(), Some("failed"));
     assert!(!st.services[1].socket.answering);
     assert!(st.services[1].socket.error.is_some());
+    let text = st.to_text();
+    assert!(
+        text.contains("bangerd.service       failed (failed), no pid"),
+        "{text}"
+    );
+    assert!(
+        text.contains("not answering: socket exists but nothing is listening"),
+        "{text}"
+    );
+}
+
+/// The real `HostSystemctl` path: argv reaches the program as separate
+/// arguments (no shell), recorded by a stand-in `systemctl`.
+#[test]
+fn install_through_host_systemctl_execs_argv() {
+    let f = Fixture::new();
+    let _l = f.listen();
+    let log = f.prefix.parent().expect("tmp").join("systemctl.log");
+    let fake = f.prefix.parent().expect("tmp").join("systemctl");
+    fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do printf '[%s]' \"$a\" >> '{}'; done\necho >> '{}'\n",
+            log.display(),
+            log.display()
+        ),
+    )
+    .expect("write fake");
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let sys = banger_system::HostSystemctl { program: fake };
+    install(&f.opts("0.1.0"), &sys, &ROOT).expect("install");
+    assert_eq!(
+        fs::read_to_string(&log).expect("log"),
+        "[daemon-reload]\n[enable][--now][bangerd-root.service][bangerd.service]\n"
+    );
 }
 
 #[test]
