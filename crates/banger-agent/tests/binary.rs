@@ -158,3 +158,34 @@ async fn sixty_four_mib_through_cat_with_bounded_memory() {
     .await
     .expect("test timed out");
 }
+
+#[test]
+fn systemd_unit_verifies() {
+    let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("SKIP: systemd-analyze not installed (apt-get install systemd)");
+        return;
+    };
+    assert!(probe.status.success());
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Point ExecStart at the freshly built binary: verify checks it exists.
+    let unit = banger_agent::SYSTEMD_UNIT.replace(
+        banger_agent::AGENT_INSTALL_PATH,
+        env!("CARGO_BIN_EXE_banger-vsock-agent"),
+    );
+    let path = dir.path().join(banger_agent::SYSTEMD_UNIT_NAME);
+    std::fs::write(&path, unit).expect("write unit");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("run systemd-analyze");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.trim().is_empty(),
+        "systemd-analyze verify: {text}"
+    );
+}
