@@ -68,10 +68,10 @@ impl OpenApi {
             ("/drives/", "drive_id"),
             ("/network-interfaces/", "iface_id"),
         ] {
-            if let Some(id) = path.strip_prefix(segment) {
-                if body.get(field).and_then(Value::as_str) != Some(id) {
-                    errors.push(format!("body.{field} must equal the path id {id:?}"));
-                }
+            if let Some(id) = path.strip_prefix(segment)
+                && body.get(field).and_then(Value::as_str) != Some(id)
+            {
+                errors.push(format!("body.{field} must equal the path id {id:?}"));
             }
         }
         if errors.is_empty() {
@@ -131,15 +131,15 @@ impl OpenApi {
             }
         }
         if let Some(n) = v.as_f64() {
-            if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
-                if n < min {
-                    errors.push(format!("{at}: {n} is below the minimum {min}"));
-                }
+            if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+                && n < min
+            {
+                errors.push(format!("{at}: {n} is below the minimum {min}"));
             }
-            if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
-                if n > max {
-                    errors.push(format!("{at}: {n} is above the maximum {max}"));
-                }
+            if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
+                && n > max
+            {
+                errors.push(format!("{at}: {n} is above the maximum {max}"));
             }
         }
         if let (Some(items), Some(arr)) = (schema.get("items"), v.as_array()) {
@@ -155,10 +155,10 @@ impl OpenApi {
                 .into_iter()
                 .flatten()
             {
-                if let Some(name) = req.as_str() {
-                    if !obj.contains_key(name) {
-                        errors.push(format!("{at}: missing required field `{name}`"));
-                    }
+                if let Some(name) = req.as_str()
+                    && !obj.contains_key(name)
+                {
+                    errors.push(format!("{at}: missing required field `{name}`"));
                 }
             }
             for (k, x) in obj {

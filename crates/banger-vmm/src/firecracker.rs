@@ -80,7 +80,7 @@ pub fn api_requests(spec: &VmmSpec, entropy: bool) -> Result<Vec<ApiRequest>, Vm
                 .into(),
         )
     })?;
-    if spec.vcpus > 1 && spec.vcpus % 2 != 0 {
+    if spec.vcpus > 1 && !spec.vcpus.is_multiple_of(2) {
         return Err(VmmError::InvalidSpec(format!(
             "firecracker needs 1 or an even number of vCPUs, not {}",
             spec.vcpus

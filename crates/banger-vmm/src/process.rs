@@ -266,7 +266,7 @@ impl RunningVmm {
 #[derive(Debug)]
 pub enum Adoption {
     /// The very process still runs; manage it again.
-    Alive(RunningVmm),
+    Alive(Box<RunningVmm>),
     /// It is gone; `reason` says why we think so. Helpers it left behind were stopped.
     Gone { reason: String },
 }
@@ -274,7 +274,7 @@ pub enum Adoption {
 /// Re-adopts a VMM from its persisted handle: alive only if pid **and** start time match.
 pub async fn adopt(handle: VmmHandle) -> Adoption {
     if handle.process.is_alive() {
-        return Adoption::Alive(RunningVmm::new(handle, None, Vec::new()));
+        return Adoption::Alive(Box::new(RunningVmm::new(handle, None, Vec::new())));
     }
     let reason = match read_stat(handle.process.pid) {
         Some(s) if s.start_time != handle.process.start_time => format!(

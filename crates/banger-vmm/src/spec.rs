@@ -219,18 +219,18 @@ impl VmmSpec {
                 return bad(format!("{what} {} does not exist", p.display()));
             }
         }
-        if let Some(v) = &self.vsock {
-            if v.guest_cid < 3 {
-                return bad(format!(
-                    "vsock guest_cid = {} must be at least 3",
-                    v.guest_cid
-                ));
-            }
+        if let Some(v) = &self.vsock
+            && v.guest_cid < 3
+        {
+            return bad(format!(
+                "vsock guest_cid = {} must be at least 3",
+                v.guest_cid
+            ));
         }
-        if let Some(n) = &self.net {
-            if n.tap.is_empty() || n.tap.len() > 15 {
-                return bad(format!("tap name {:?} must be 1-15 characters", n.tap));
-            }
+        if let Some(n) = &self.net
+            && (n.tap.is_empty() || n.tap.len() > 15)
+        {
+            return bad(format!("tap name {:?} must be 1-15 characters", n.tap));
         }
         Ok(())
     }
