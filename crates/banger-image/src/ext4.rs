@@ -400,7 +400,9 @@ pub fn write_files(image: &Path, entries: &[GuestEntry]) -> Result<()> {
     let mut wanted: Vec<String> = Vec::new();
     for e in entries {
         let path = match e {
-            GuestEntry::Dir { path, .. } | GuestEntry::File { path, .. } | GuestEntry::Remove { path } => path,
+            GuestEntry::Dir { path, .. }
+            | GuestEntry::File { path, .. }
+            | GuestEntry::Remove { path } => path,
         };
         check_guest_path(path)?;
         wanted.extend(ancestors(path));
@@ -412,7 +414,7 @@ pub fn write_files(image: &Path, entries: &[GuestEntry]) -> Result<()> {
 
     let staging = tempfile::tempdir().ctx("create staging dir for", image)?;
     let mut s = String::new();
-    let mut mkdir_p = |s: &mut String, path: &str, existing: &mut BTreeSet<String>| -> Result<()> {
+    let mkdir_p = |s: &mut String, path: &str, existing: &mut BTreeSet<String>| -> Result<()> {
         for d in ancestors(path).into_iter().chain([path.to_string()]) {
             if existing.insert(d.clone()) {
                 let _ = writeln!(s, "mkdir {}", quote(&d)?);
@@ -511,7 +513,10 @@ fn existing_paths(image: &Path, paths: &[String]) -> Result<BTreeSet<String>> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let missing: BTreeSet<&str> = stderr
         .lines()
-        .filter_map(|l| l.split_once(": File not found by ext2_lookup").map(|(p, _)| p))
+        .filter_map(|l| {
+            l.split_once(": File not found by ext2_lookup")
+                .map(|(p, _)| p)
+        })
         .collect();
     Ok(paths
         .iter()

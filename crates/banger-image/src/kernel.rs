@@ -64,6 +64,8 @@ pub enum Compression {
     Xz,
     Zstd,
     Lzma,
+    /// The legacy LZ4 frame `lz4 -l` writes (Debian's cloud kernel).
+    Lz4,
 }
 
 /// The result of [`extract_vmlinux`].
@@ -155,10 +157,12 @@ fn decompress(payload: &[u8]) -> std::result::Result<(Compression, Vec<u8>), Str
             xz2::stream::Stream::new_lzma_decoder(MAX_VMLINUX).map_err(|e| e.to_string())?;
         let r = xz2::read::XzDecoder::new_stream(payload, stream);
         (Compression::Lzma, r.take(MAX_VMLINUX).read_to_end(&mut out))
+    } else if payload.starts_with(&LZ4_LEGACY_MAGIC.to_le_bytes()) {
+        return lz4_legacy(payload).map(|elf| (Compression::Lz4, elf));
     } else {
         let head: Vec<String> = payload.iter().take(6).map(|b| format!("{b:02x}")).collect();
         return Err(format!(
-            "unsupported payload compression (magic {}); banger handles gzip, xz, zstd and lzma",
+            "unsupported payload compression (magic {}); banger handles gzip, xz, zstd, lzma and lz4",
             head.join(" ")
         ));
     };
@@ -167,6 +171,40 @@ fn decompress(payload: &[u8]) -> std::result::Result<(Compression, Vec<u8>), Str
         return Err(format!("decompressed kernel exceeds {MAX_VMLINUX} bytes"));
     }
     Ok((c, out))
+}
+
+const LZ4_LEGACY_MAGIC: u32 = 0x184c_2102;
+/// Blocks of the legacy format decompress to at most 8 MiB.
+const LZ4_LEGACY_BLOCK: usize = 8 << 20;
+
+/// The legacy LZ4 format: magic, then (u32 compressed length, block)*.
+/// The kernel appends its decompressed size after the last block, which
+/// reads as a length running past the end: that ends the stream.
+fn lz4_legacy(payload: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let mut block = vec![0u8; LZ4_LEGACY_BLOCK];
+    let mut pos = 4;
+    while let Some(len) = u32_at(payload, pos) {
+        if len == LZ4_LEGACY_MAGIC {
+            pos += 4;
+            continue;
+        }
+        let start = pos + 4;
+        let Some(chunk) = payload.get(start..start + len as usize) else {
+            break;
+        };
+        let n = lz4_flex::block::decompress_into(chunk, &mut block)
+            .map_err(|e| format!("decompressing the lz4 payload: {e}"))?;
+        out.extend_from_slice(&block[..n]);
+        if out.len() as u64 >= MAX_VMLINUX {
+            return Err(format!("decompressed kernel exceeds {MAX_VMLINUX} bytes"));
+        }
+        pos = start + len as usize;
+    }
+    if out.is_empty() {
+        return Err("empty lz4 payload".into());
+    }
+    Ok(out)
 }
 
 /// Whether a 64-bit little-endian ELF has the Xen PVH entry note (type 18,

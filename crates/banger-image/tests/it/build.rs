@@ -34,14 +34,22 @@ fn minimal_image_build() {
     });
     let t = std::time::Instant::now();
     let built = build::cached_build(&opts, &build::test_cache_dir()).expect("build minimal image");
-    eprintln!("minimal image at {} ({:.1}s, stages {:?})", built.dir.display(), t.elapsed().as_secs_f64(), built.build.stages);
+    eprintln!(
+        "minimal image at {} ({:.1}s, stages {:?})",
+        built.dir.display(),
+        t.elapsed().as_secs_f64(),
+        built.build.stages
+    );
 
     let img = &built.rootfs;
     ext4::fsck(img).expect("e2fsck -fn");
     let size = built.size().expect("size");
     assert!(size.allocated < size.apparent, "sparse: {size:?}");
 
-    let sshd = String::from_utf8(ext4::read_file(img, "/etc/ssh/sshd_config.d/banger.conf").expect("drop-in")).expect("utf8");
+    let sshd = String::from_utf8(
+        ext4::read_file(img, "/etc/ssh/sshd_config.d/banger.conf").expect("drop-in"),
+    )
+    .expect("utf8");
     for line in [
         "PermitRootLogin prohibit-password",
         "PubkeyAuthentication yes",
@@ -49,38 +57,92 @@ fn minimal_image_build() {
         "KbdInteractiveAuthentication no",
         "AuthorizedKeysFile /root/.ssh/authorized_keys",
     ] {
-        assert!(sshd.lines().any(|l| l == line), "sshd drop-in lacks {line:?}:\n{sshd}");
+        assert!(
+            sshd.lines().any(|l| l == line),
+            "sshd drop-in lacks {line:?}:\n{sshd}"
+        );
     }
-    let main_cfg = String::from_utf8(ext4::read_file(img, "/etc/ssh/sshd_config").expect("sshd_config")).expect("utf8");
-    assert!(main_cfg.contains("Include /etc/ssh/sshd_config.d/*.conf"), "the drop-in must be included");
-    let svc = String::from_utf8(ext4::read_file(img, "/etc/systemd/system/ssh.service.d/banger.conf").expect("ssh drop-in")).expect("utf8");
+    let main_cfg =
+        String::from_utf8(ext4::read_file(img, "/etc/ssh/sshd_config").expect("sshd_config"))
+            .expect("utf8");
+    assert!(
+        main_cfg.contains("Include /etc/ssh/sshd_config.d/*.conf"),
+        "the drop-in must be included"
+    );
+    let svc = String::from_utf8(
+        ext4::read_file(img, "/etc/systemd/system/ssh.service.d/banger.conf").expect("ssh drop-in"),
+    )
+    .expect("utf8");
     assert!(svc.lines().any(|l| l == "ExecStartPre="));
-    let unit = String::from_utf8(ext4::read_file(img, "/lib/systemd/system/ssh.service").expect("ssh unit")).expect("utf8");
-    assert!(!unit.contains("ssh-keygen"), "the unit must not regenerate host keys");
+    let unit = String::from_utf8(
+        ext4::read_file(img, "/lib/systemd/system/ssh.service").expect("ssh unit"),
+    )
+    .expect("utf8");
+    assert!(
+        !unit.contains("ssh-keygen"),
+        "the unit must not regenerate host keys"
+    );
 
     for k in ["rsa", "ecdsa", "ed25519"] {
         for suffix in ["", ".pub"] {
             let p = format!("/etc/ssh/ssh_host_{k}_key{suffix}");
-            assert!(ext4::stat(img, &p).expect("stat").is_none(), "{p} must not be baked in");
+            assert!(
+                ext4::stat(img, &p).expect("stat").is_none(),
+                "{p} must not be baked in"
+            );
         }
     }
     let root = ext4::stat(img, "/root").expect("stat").expect("/root");
     assert_eq!((root.mode, root.uid), (0o040700, 0));
-    let ssh = ext4::stat(img, "/root/.ssh").expect("stat").expect("/root/.ssh");
+    let ssh = ext4::stat(img, "/root/.ssh")
+        .expect("stat")
+        .expect("/root/.ssh");
     assert_eq!((ssh.mode, ssh.uid), (0o040700, 0));
 
-    let agent = ext4::stat(img, build::AGENT_BIN).expect("stat").expect("agent binary");
+    let agent = ext4::stat(img, build::AGENT_BIN)
+        .expect("stat")
+        .expect("agent binary");
     assert_eq!(agent.mode, 0o100755);
-    assert_eq!(ext4::read_file(img, build::AGENT_UNIT).expect("unit"), FAKE_UNIT.as_bytes());
-    assert!(ext4::stat(img, "/etc/systemd/system/multi-user.target.wants/banger-vsock-agent.service").expect("stat").is_some(), "agent enabled");
-    assert!(ext4::stat(img, "/etc/systemd/system/sysinit.target.wants/banger-net.service").expect("stat").is_some(), "network unit enabled");
-    let masked = ext4::stat(img, "/etc/systemd/system/systemd-logind.service").expect("stat").expect("mask");
+    assert_eq!(
+        ext4::read_file(img, build::AGENT_UNIT).expect("unit"),
+        FAKE_UNIT.as_bytes()
+    );
+    assert!(
+        ext4::stat(
+            img,
+            "/etc/systemd/system/multi-user.target.wants/banger-vsock-agent.service"
+        )
+        .expect("stat")
+        .is_some(),
+        "agent enabled"
+    );
+    assert!(
+        ext4::stat(
+            img,
+            "/etc/systemd/system/sysinit.target.wants/banger-net.service"
+        )
+        .expect("stat")
+        .is_some(),
+        "network unit enabled"
+    );
+    let masked = ext4::stat(img, "/etc/systemd/system/systemd-logind.service")
+        .expect("stat")
+        .expect("mask");
     assert_eq!(masked.mode & 0o170000, 0o120000);
-    let modules = String::from_utf8(ext4::read_file(img, "/usr/share/initramfs-tools/modules.d/banger.conf").expect("modules")).expect("utf8");
+    let modules = String::from_utf8(
+        ext4::read_file(img, "/usr/share/initramfs-tools/modules.d/banger.conf").expect("modules"),
+    )
+    .expect("utf8");
     for m in build::INITRAMFS_MODULES {
-        assert!(modules.lines().any(|l| l == *m), "{m} missing from initramfs modules");
+        assert!(
+            modules.lines().any(|l| l == *m),
+            "{m} missing from initramfs modules"
+        );
     }
-    assert_eq!(ext4::read_file(img, "/etc/resolv.conf").expect("resolv"), b"");
+    assert_eq!(
+        ext4::read_file(img, "/etc/resolv.conf").expect("resolv"),
+        b""
+    );
 
     let k = &built.kernel;
     assert!(k.vmlinuz.is_file() && k.initrd.as_ref().is_some_and(|p| p.is_file()));
@@ -89,11 +151,21 @@ fn minimal_image_build() {
     assert_eq!(&elf[..4], b"\x7fELF");
     assert!(k.version.ends_with("cloud-amd64"), "{}", k.version);
     assert!(!k.boot_args.contains("nomodule"));
-    eprintln!("kernel {} pvh={} vmlinux={} bytes", k.version, k.pvh, elf.len());
+    eprintln!(
+        "kernel {} pvh={} vmlinux={} bytes",
+        k.version,
+        k.pvh,
+        elf.len()
+    );
     // The initrd carries the virtio/vsock modules (checked in its cpio).
     let initrd = std::fs::read(k.initrd.as_ref().expect("initrd")).expect("read");
     let listing = crate::support::initrd_listing(&initrd);
-    for m in ["virtio_mmio.ko", "virtio_blk.ko", "virtio_net.ko", "vmw_vsock_virtio_transport.ko"] {
+    for m in [
+        "virtio_mmio.ko",
+        "virtio_blk.ko",
+        "virtio_net.ko",
+        "vmw_vsock_virtio_transport.ko",
+    ] {
         assert!(listing.iter().any(|n| n.ends_with(m)), "{m} not in initrd");
     }
 }
@@ -107,6 +179,10 @@ fn prerequisites_report_each_mode() {
     assert!(unshare.iter().any(|c| c.name == "newuidmap"));
     assert_eq!(
         BuildMode::auto(),
-        if nix::unistd::geteuid().is_root() { BuildMode::Root } else { BuildMode::Unshare }
+        if nix::unistd::geteuid().is_root() {
+            BuildMode::Root
+        } else {
+            BuildMode::Unshare
+        }
     );
 }

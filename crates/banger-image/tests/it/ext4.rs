@@ -9,7 +9,14 @@ use crate::support::skip_without_e2fsprogs;
 /// node, a fifo, setuid, a 0000 file, a 0555 dir with content, links.
 fn rootfs_tar() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, ty: tar::EntryType, mode: u32, uid: u64, gid: u64, data: &[u8], link: Option<&str>, dev: Option<(u32, u32)>| {
+    let mut add = |path: &str,
+                   ty: tar::EntryType,
+                   mode: u32,
+                   uid: u64,
+                   gid: u64,
+                   data: &[u8],
+                   link: Option<&str>,
+                   dev: Option<(u32, u32)>| {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(ty);
         h.set_mode(mode);
@@ -29,15 +36,69 @@ fn rootfs_tar() -> Vec<u8> {
     use tar::EntryType as T;
     add("./", T::Directory, 0o755, 0, 0, b"", None, None);
     add("etc/", T::Directory, 0o755, 0, 0, b"", None, None);
-    add("etc/shadow", T::Regular, 0o640, 0, 42, b"root:*:1::::::\n", None, None);
+    add(
+        "etc/shadow",
+        T::Regular,
+        0o640,
+        0,
+        42,
+        b"root:*:1::::::\n",
+        None,
+        None,
+    );
     add("etc/secret", T::Regular, 0o000, 0, 0, b"s", None, None);
     add("home/", T::Directory, 0o755, 0, 0, b"", None, None);
-    add("home/dev/", T::Directory, 0o750, 1000, 1000, b"", None, None);
-    add("home/dev/notes", T::Regular, 0o600, 1000, 1000, b"hi", None, None);
+    add(
+        "home/dev/",
+        T::Directory,
+        0o750,
+        1000,
+        1000,
+        b"",
+        None,
+        None,
+    );
+    add(
+        "home/dev/notes",
+        T::Regular,
+        0o600,
+        1000,
+        1000,
+        b"hi",
+        None,
+        None,
+    );
     add("usr/bin/", T::Directory, 0o555, 0, 0, b"", None, None);
-    add("usr/bin/su", T::Regular, 0o4755, 0, 0, b"#!/bin/sh\n", None, None);
-    add("usr/bin/su-link", T::Link, 0o4755, 0, 0, b"", Some("usr/bin/su"), None);
-    add("usr/bin/sh-sym", T::Symlink, 0o777, 0, 0, b"", Some("su"), None);
+    add(
+        "usr/bin/su",
+        T::Regular,
+        0o4755,
+        0,
+        0,
+        b"#!/bin/sh\n",
+        None,
+        None,
+    );
+    add(
+        "usr/bin/su-link",
+        T::Link,
+        0o4755,
+        0,
+        0,
+        b"",
+        Some("usr/bin/su"),
+        None,
+    );
+    add(
+        "usr/bin/sh-sym",
+        T::Symlink,
+        0o777,
+        0,
+        0,
+        b"",
+        Some("su"),
+        None,
+    );
     add("dev/", T::Directory, 0o755, 0, 0, b"", None, None);
     add("dev/null", T::Char, 0o666, 0, 0, b"", None, Some((1, 3)));
     add("dev/sda", T::Block, 0o660, 0, 6, b"", None, Some((8, 0)));
@@ -54,16 +115,30 @@ fn unprivileged_unpack_then_fixups_restore_metadata() {
     let tree = dir.path().join("tree");
     let fixups = unpack_tar(std::io::Cursor::new(rootfs_tar()), &tree).expect("unpack");
     // The unpack kept the builder able to read everything.
-    assert_eq!(fs::read(tree.join("etc/secret")).expect("read 0000 file"), b"s");
-    assert!(!tree.join("dev/null").exists(), "device nodes are created in the image, not the tree");
+    assert_eq!(
+        fs::read(tree.join("etc/secret")).expect("read 0000 file"),
+        b"s"
+    );
+    assert!(
+        !tree.join("dev/null").exists(),
+        "device nodes are created in the image, not the tree"
+    );
 
     let img = dir.path().join("rootfs.ext4");
-    let size = ext4::make_ext4(&tree, &img, 32 << 20, &fixups).expect("make_ext4 (runs e2fsck -fn)");
+    let size =
+        ext4::make_ext4(&tree, &img, 32 << 20, &fixups).expect("make_ext4 (runs e2fsck -fn)");
     assert_eq!(size.apparent, 32 << 20);
-    assert!(size.allocated < size.apparent, "image must be sparse: {size:?}");
+    assert!(
+        size.allocated < size.apparent,
+        "image must be sparse: {size:?}"
+    );
     ext4::fsck(&img).expect("e2fsck -fn");
 
-    let st = |p: &str| ext4::stat(&img, p).expect("stat").unwrap_or_else(|| panic!("{p} missing"));
+    let st = |p: &str| {
+        ext4::stat(&img, p)
+            .expect("stat")
+            .unwrap_or_else(|| panic!("{p} missing"))
+    };
     let s = st("/etc/shadow");
     assert_eq!((s.mode, s.uid, s.gid), (0o100640, 0, 42));
     assert_eq!(st("/etc/secret").mode, 0o100000);
@@ -79,7 +154,10 @@ fn unprivileged_unpack_then_fixups_restore_metadata() {
     let s = st("/dev/sda");
     assert_eq!((s.mode, s.gid), (0o060660, 6));
     assert_eq!(st("/run/initctl").mode, 0o010600);
-    assert_eq!(ext4::read_file(&img, "/usr/bin/su-link").expect("hard link"), b"#!/bin/sh\n");
+    assert_eq!(
+        ext4::read_file(&img, "/usr/bin/su-link").expect("hard link"),
+        b"#!/bin/sh\n"
+    );
 }
 
 #[test]
@@ -100,7 +178,9 @@ fn fixups_builder_and_path_checks() {
     ext4::make_ext4(&tree, &img, 8 << 20, &fx).expect("make_ext4");
     let f = ext4::stat(&img, "/f").expect("stat").expect("exists");
     assert_eq!((f.mode, f.uid, f.gid), (0o100751, 123, 456));
-    let c = ext4::stat(&img, "/dev/console").expect("stat").expect("exists");
+    let c = ext4::stat(&img, "/dev/console")
+        .expect("stat")
+        .expect("exists");
     assert_eq!((c.mode, c.gid), (0o020600, 5));
     assert!(ext4::stat(&img, "/nope").expect("stat").is_none());
 
@@ -144,7 +224,11 @@ fn write_files_replaces_creates_and_removes() {
             },
             GuestEntry::file("/etc/ssh/ssh_host_ed25519_key", "PRIVATE", 0o600),
             GuestEntry::dir("/root/.ssh", 0o700),
-            GuestEntry::file("/root/.ssh/authorized_keys", "ssh-ed25519 AAAA test\n", 0o600),
+            GuestEntry::file(
+                "/root/.ssh/authorized_keys",
+                "ssh-ed25519 AAAA test\n",
+                0o600,
+            ),
             GuestEntry::File {
                 path: "/home/dev/.profile".into(),
                 contents: b"export A=1\n".to_vec(),
@@ -155,18 +239,47 @@ fn write_files_replaces_creates_and_removes() {
         ],
     )
     .expect("write_files");
-    assert_eq!(ext4::read_file(&img, "/etc/hostname").expect("read"), b"sandbox\n");
-    assert!(ext4::stat(&img, "/etc/ssh/ssh_host_rsa_key").expect("stat").is_none());
-    let k = ext4::stat(&img, "/etc/ssh/ssh_host_ed25519_key").expect("stat").expect("key");
+    assert_eq!(
+        ext4::read_file(&img, "/etc/hostname").expect("read"),
+        b"sandbox\n"
+    );
+    assert!(
+        ext4::stat(&img, "/etc/ssh/ssh_host_rsa_key")
+            .expect("stat")
+            .is_none()
+    );
+    let k = ext4::stat(&img, "/etc/ssh/ssh_host_ed25519_key")
+        .expect("stat")
+        .expect("key");
     assert_eq!((k.mode, k.uid), (0o100600, 0));
-    assert_eq!(ext4::stat(&img, "/root").expect("stat").expect("root").mode, 0o040755);
-    assert_eq!(ext4::stat(&img, "/root/.ssh").expect("stat").expect("ssh").mode, 0o040700);
-    let p = ext4::stat(&img, "/home/dev/.profile").expect("stat").expect("profile");
+    assert_eq!(
+        ext4::stat(&img, "/root").expect("stat").expect("root").mode,
+        0o040755
+    );
+    assert_eq!(
+        ext4::stat(&img, "/root/.ssh")
+            .expect("stat")
+            .expect("ssh")
+            .mode,
+        0o040700
+    );
+    let p = ext4::stat(&img, "/home/dev/.profile")
+        .expect("stat")
+        .expect("profile");
     assert_eq!((p.uid, p.gid), (1000, 1000));
     // Idempotent: writing the same set again works (replace, existing dirs).
-    ext4::write_files(&img, &[GuestEntry::file("/etc/hostname", "again\n", 0o644), GuestEntry::dir("/root/.ssh", 0o700)])
-        .expect("second write_files");
-    assert_eq!(ext4::read_file(&img, "/etc/hostname").expect("read"), b"again\n");
+    ext4::write_files(
+        &img,
+        &[
+            GuestEntry::file("/etc/hostname", "again\n", 0o644),
+            GuestEntry::dir("/root/.ssh", 0o700),
+        ],
+    )
+    .expect("second write_files");
+    assert_eq!(
+        ext4::read_file(&img, "/etc/hostname").expect("read"),
+        b"again\n"
+    );
     ext4::fsck(&img).expect("fsck");
 
     let e = ext4::write_files(&img, &[GuestEntry::file("/etc/../x", "", 0o644)]).expect_err("..");

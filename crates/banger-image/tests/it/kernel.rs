@@ -9,6 +9,7 @@ fn extracts_vmlinux_from_each_compression() {
         (Comp::Gzip, Compression::Gzip),
         (Comp::Xz, Compression::Xz),
         (Comp::Zstd, Compression::Zstd),
+        (Comp::Lz4, Compression::Lz4),
     ] {
         for pvh in [true, false] {
             let elf = fake_elf(pvh);
@@ -40,4 +41,40 @@ fn rejects_non_bzimage_and_non_elf_payload() {
 fn boot_args_have_no_nomodule() {
     assert!(!kernel::DEFAULT_FIRECRACKER_BOOT_ARGS.contains("nomodule"));
     assert!(kernel::DEFAULT_FIRECRACKER_BOOT_ARGS.contains("root=/dev/vda"));
+}
+
+/// The real Debian kernel, when the build test's cached image or the host
+/// has one: extraction must give an ELF.
+#[test]
+fn real_debian_kernel_if_present() {
+    let mut candidates: Vec<std::path::PathBuf> = std::fs::read_dir("/boot")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .collect();
+    let cache = banger_image::build::test_cache_dir();
+    for e in std::fs::read_dir(&cache).into_iter().flatten().flatten() {
+        let p = e.path().join("kernel/vmlinuz");
+        if p.is_file() {
+            candidates.push(p);
+        }
+    }
+    let Some(bz) = candidates.first() else {
+        eprintln!("SKIP: no real vmlinuz on this host or in the test cache");
+        return;
+    };
+    let v = kernel::extract_vmlinux(bz).expect("extract real kernel");
+    assert_eq!(&v.elf[..4], b"\x7fELF");
+    eprintln!(
+        "{}: {:?}, pvh={}, {} bytes",
+        bz.display(),
+        v.compression,
+        v.pvh,
+        v.elf.len()
+    );
 }

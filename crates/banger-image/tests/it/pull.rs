@@ -41,7 +41,11 @@ impl Store {
     fn assert_empty(&self) {
         for d in [self.images(), self.kernels(), self.downloads()] {
             let l = listing(&d);
-            assert!(l.is_empty(), "{} should be empty after a failed pull, has {l:?}", d.display());
+            assert!(
+                l.is_empty(),
+                "{} should be empty after a failed pull, has {l:?}",
+                d.display()
+            );
         }
     }
 }
@@ -86,36 +90,68 @@ fn pull_installs_a_verified_bundle() {
 
     assert_eq!(pulled.image.manifest.sha256, fx.image_sha256);
     assert_eq!(pulled.image.dir, st.images().join(&fx.image_sha256));
-    assert_eq!(store::sha256_file(&pulled.image.rootfs).expect("hash"), fx.image_sha256);
+    assert_eq!(
+        store::sha256_file(&pulled.image.rootfs).expect("hash"),
+        fx.image_sha256
+    );
     ext4::fsck(&pulled.image.rootfs).expect("pulled image passes e2fsck");
-    assert_eq!(ext4::read_file(&pulled.image.rootfs, "/etc/hostname").expect("read"), b"test\n");
+    assert_eq!(
+        ext4::read_file(&pulled.image.rootfs, "/etc/hostname").expect("read"),
+        b"test\n"
+    );
     let size = ext4::FileSize::of(&pulled.image.rootfs).expect("size");
-    assert!(size.allocated < size.apparent, "decompressed image stays sparse: {size:?}");
+    assert!(
+        size.allocated < size.apparent,
+        "decompressed image stays sparse: {size:?}"
+    );
     assert!(pulled.kernel.has_vmlinux && pulled.kernel.pvh);
-    assert!(pulled.kernel.vmlinuz.starts_with(st.kernels().join("test-kernel-1")));
+    assert!(
+        pulled
+            .kernel
+            .vmlinuz
+            .starts_with(st.kernels().join("test-kernel-1"))
+    );
     assert_eq!(pulled.resumes, 0);
     assert!(!pulled.kernel.boot_args.contains("nomodule"));
 
     // Progress: monotonic per file, reaching each file's total.
-    let dl: Vec<&Progress> = events.iter().filter(|p| p.phase == Phase::Download).collect();
+    let dl: Vec<&Progress> = events
+        .iter()
+        .filter(|p| p.phase == Phase::Download)
+        .collect();
     assert!(!dl.is_empty());
     for w in dl.windows(2) {
-        assert!(w[1].all_done >= w[0].all_done, "overall progress must not go back");
+        assert!(
+            w[1].all_done >= w[0].all_done,
+            "overall progress must not go back"
+        );
     }
     let last = dl.last().expect("some");
     assert_eq!(last.all_done, last.all_total);
 
     // Only the installed dirs remain: no temp dirs, no .part files.
     assert_eq!(listing(&st.downloads()), Vec::<String>::new());
-    assert!(listing(&st.images()).iter().all(|n| !n.contains(".tmp-banger")));
-    assert!(listing(&st.kernels()).iter().all(|n| !n.contains(".tmp-banger")));
+    assert!(
+        listing(&st.images())
+            .iter()
+            .all(|n| !n.contains(".tmp-banger"))
+    );
+    assert!(
+        listing(&st.kernels())
+            .iter()
+            .all(|n| !n.contains(".tmp-banger"))
+    );
 
     // Pulling again is idempotent.
     let again = pull::pull(&entry(&fx, &server), st.opts()).expect("second pull");
     assert_eq!(again.image.dir, pulled.image.dir);
 }
 
-fn expect_fail(fx: &Fixture, served: &Path, mutate_entry: impl FnOnce(&mut CatalogEntry)) -> (Error, Store) {
+fn expect_fail(
+    fx: &Fixture,
+    served: &Path,
+    mutate_entry: impl FnOnce(&mut CatalogEntry),
+) -> (Error, Store) {
     let server = FileServer::start(served.to_path_buf());
     let mut e = entry(fx, &server);
     mutate_entry(&mut e);
@@ -138,7 +174,10 @@ fn tampered_byte_is_rejected() {
     data[mid] ^= 0x01;
     fs::write(&f, data).expect("write");
     let (err, _) = expect_fail(&fx, &served, |_| {});
-    assert!(matches!(err, Error::Mismatch { what: "sha256", .. }), "{err}");
+    assert!(
+        matches!(err, Error::Mismatch { what: "sha256", .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("rootfs.ext4.zst"), "{err}");
 }
 
@@ -187,7 +226,10 @@ fn unpinned_catalog_entry_is_rejected() {
     assert!(matches!(err, Error::Unpinned(_)), "{err}");
     assert!(err.to_string().contains("pin"), "{err}");
     st.assert_empty();
-    assert!(server.log().is_empty(), "an unpinned entry must not even be fetched");
+    assert!(
+        server.log().is_empty(),
+        "an unpinned entry must not even be fetched"
+    );
     assert!(matches!(cat.find("other"), Err(Error::NotInCatalog(_))));
     Catalog::embedded().expect("embedded catalog parses");
 }
@@ -226,7 +268,11 @@ fn oversized_download_is_rejected() {
 fn resign(fx: &Fixture, served: &Path, m: &BundleManifest) -> String {
     let bytes = serde_json::to_vec_pretty(m).expect("json");
     fs::write(served.join("b").join(MANIFEST), &bytes).expect("write");
-    fs::write(served.join("b").join(SIGNATURE), bundle::sign(&bytes, &fx.key)).expect("write");
+    fs::write(
+        served.join("b").join(SIGNATURE),
+        bundle::sign(&bytes, &fx.key),
+    )
+    .expect("write");
     bundle::sha256_hex(&bytes)
 }
 
@@ -255,21 +301,45 @@ fn interrupted_download_resumes_with_range() {
     }
     let fx = fixture();
     let server = FileServer::start(fx.served.clone());
-    let total = fx.bundle.manifest.file("rootfs.ext4").expect("rootfs").compressed_size;
+    let total = fx
+        .bundle
+        .manifest
+        .file("rootfs.ext4")
+        .expect("rootfs")
+        .compressed_size;
     let cut = total / 3;
     server.drop_once("b/rootfs.ext4.zst", cut);
     let st = Store::new();
     let pulled = pull::pull(&entry(&fx, &server), st.opts()).expect("pull resumes");
     assert_eq!(pulled.resumes, 1);
-    assert_eq!(store::sha256_file(&pulled.image.rootfs).expect("hash"), fx.image_sha256);
+    assert_eq!(
+        store::sha256_file(&pulled.image.rootfs).expect("hash"),
+        fx.image_sha256
+    );
     let log = server.log();
-    let rootfs: Vec<_> = log.iter().filter(|l| l.path == "b/rootfs.ext4.zst").collect();
+    let rootfs: Vec<_> = log
+        .iter()
+        .filter(|l| l.path == "b/rootfs.ext4.zst")
+        .collect();
     assert_eq!(rootfs.len(), 2, "{log:?}");
     assert_eq!(rootfs[0].range_start, None);
-    assert_eq!(rootfs[1].range_start, Some(cut), "resumed where the first attempt stopped");
+    assert_eq!(
+        rootfs[1].range_start,
+        Some(cut),
+        "resumed where the first attempt stopped"
+    );
     assert_eq!(rootfs[1].status, 206);
     // Fewer bytes than the bundle: the first third was not fetched twice.
-    assert!(pulled.bytes_downloaded < fx.bundle.manifest.files.iter().map(|f| f.compressed_size).sum::<u64>() + 1);
+    assert!(
+        pulled.bytes_downloaded
+            < fx.bundle
+                .manifest
+                .files
+                .iter()
+                .map(|f| f.compressed_size)
+                .sum::<u64>()
+                + 1
+    );
     assert_eq!(listing(&st.downloads()), Vec::<String>::new());
 }
 
@@ -287,10 +357,18 @@ fn leftover_part_file_is_resumed() {
     let data = fs::read(fx.served.join("b/rootfs.ext4.zst")).expect("read");
     fs::create_dir_all(st.downloads()).expect("mkdir");
     let half = data.len() / 2;
-    fs::write(st.downloads().join(format!("{}.zst.part", f.compressed_sha256)), &data[..half]).expect("write");
+    fs::write(
+        st.downloads()
+            .join(format!("{}.zst.part", f.compressed_sha256)),
+        &data[..half],
+    )
+    .expect("write");
     pull::pull(&entry(&fx, &server), st.opts()).expect("pull");
     let log = server.log();
-    let l = log.iter().find(|l| l.path == "b/rootfs.ext4.zst").expect("requested");
+    let l = log
+        .iter()
+        .find(|l| l.path == "b/rootfs.ext4.zst")
+        .expect("requested");
     assert_eq!(l.range_start, Some(half as u64));
 }
 
@@ -304,5 +382,9 @@ fn cleanup_partial_removes_leftovers_only() {
     let removed = store::cleanup_partial(d).expect("cleanup");
     assert_eq!(removed.len(), 2);
     assert_eq!(listing(d), vec!["0123abcd".to_string()]);
-    assert!(store::cleanup_partial(&d.join("missing")).expect("missing ok").is_empty());
+    assert!(
+        store::cleanup_partial(&d.join("missing"))
+            .expect("missing ok")
+            .is_empty()
+    );
 }

@@ -140,13 +140,23 @@ fn handle(conn: TcpStream, root: &Path, shared: &Mutex<Shared>) -> std::io::Resu
     };
     if method != "GET" || !safe || rel.is_empty() {
         log(400);
-        return respond(400, "Bad Request", &[("Content-Length".into(), "0".into())], b"");
+        return respond(
+            400,
+            "Bad Request",
+            &[("Content-Length".into(), "0".into())],
+            b"",
+        );
     }
     let data = match std::fs::read(root.join(&rel)) {
         Ok(d) => d,
         Err(_) => {
             log(404);
-            return respond(404, "Not Found", &[("Content-Length".into(), "0".into())], b"");
+            return respond(
+                404,
+                "Not Found",
+                &[("Content-Length".into(), "0".into())],
+                b"",
+            );
         }
     };
     let len = data.len() as u64;
@@ -176,7 +186,11 @@ fn handle(conn: TcpStream, root: &Path, shared: &Mutex<Shared>) -> std::io::Resu
         ));
     }
     let cut = shared.lock().expect("lock").drop_once.remove(&rel);
-    let reason = if status == 206 { "Partial Content" } else { "OK" };
+    let reason = if status == 206 {
+        "Partial Content"
+    } else {
+        "OK"
+    };
     match cut {
         Some(after) => {
             let n = (after as usize).min(body.len());

@@ -57,7 +57,11 @@ pub fn fake_elf(pvh: bool) -> Vec<u8> {
         }
     };
     note(b"GNU\0", 3, &[1, 2, 3, 4, 5, 6, 7, 8]);
-    note(b"Xen\0", if pvh { 18 } else { 17 }, &0x100_0000u32.to_le_bytes());
+    note(
+        b"Xen\0",
+        if pvh { 18 } else { 17 },
+        &0x100_0000u32.to_le_bytes(),
+    );
     let note_off = 0x40 + 56;
     let mut ph = vec![0u8; 56];
     ph[0..4].copy_from_slice(&4u32.to_le_bytes()); // PT_NOTE
@@ -76,6 +80,7 @@ pub enum Comp {
     Gzip,
     Xz,
     Zstd,
+    Lz4,
 }
 
 /// A bzImage with boot protocol 2.15 whose payload is `elf` compressed,
@@ -93,6 +98,17 @@ pub fn fake_bzimage(elf: &[u8], comp: Comp) -> Vec<u8> {
             w.finish().expect("xz")
         }
         Comp::Zstd => zstd::encode_all(elf, 3).expect("zstd"),
+        Comp::Lz4 => {
+            // Legacy frame (`lz4 -l`): magic, then length-prefixed blocks
+            // of at most 8 MiB input; small blocks here to exercise several.
+            let mut v = 0x184c_2102u32.to_le_bytes().to_vec();
+            for chunk in elf.chunks(16 * 1024) {
+                let c = lz4_flex::block::compress(chunk);
+                v.extend_from_slice(&(c.len() as u32).to_le_bytes());
+                v.extend_from_slice(&c);
+            }
+            v
+        }
     };
     let setup_sects = 3usize;
     let pm_start = (setup_sects + 1) * 512;
@@ -221,13 +237,23 @@ pub fn initrd_listing(data: &[u8]) -> Vec<String> {
         use std::io::Read;
         let mut out = Vec::new();
         if rest.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            zstd::stream::read::Decoder::new(rest).expect("zstd").read_to_end(&mut out).expect("zstd initrd");
+            zstd::stream::read::Decoder::new(rest)
+                .expect("zstd")
+                .read_to_end(&mut out)
+                .expect("zstd initrd");
         } else if rest.starts_with(&[0x1f, 0x8b]) {
-            flate2::read::GzDecoder::new(rest).read_to_end(&mut out).expect("gzip initrd");
+            flate2::read::GzDecoder::new(rest)
+                .read_to_end(&mut out)
+                .expect("gzip initrd");
         } else if rest.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-            xz2::read::XzDecoder::new(rest).read_to_end(&mut out).expect("xz initrd");
+            xz2::read::XzDecoder::new(rest)
+                .read_to_end(&mut out)
+                .expect("xz initrd");
         } else {
-            panic!("unknown initrd segment starting {:02x?}", &rest[..rest.len().min(8)]);
+            panic!(
+                "unknown initrd segment starting {:02x?}",
+                &rest[..rest.len().min(8)]
+            );
         }
         let mut tail = out.as_slice();
         while tail.starts_with(b"070701") {
@@ -242,7 +268,9 @@ pub fn initrd_listing(data: &[u8]) -> Vec<String> {
 }
 
 fn parse_cpio<'a>(mut d: &'a [u8], names: &mut Vec<String>) -> &'a [u8] {
-    let hex = |b: &[u8]| u32::from_str_radix(std::str::from_utf8(b).expect("hex"), 16).expect("hex") as usize;
+    let hex = |b: &[u8]| {
+        u32::from_str_radix(std::str::from_utf8(b).expect("hex"), 16).expect("hex") as usize
+    };
     let pad = |n: usize| (4 - n % 4) % 4;
     while d.len() >= 110 && d.starts_with(b"070701") {
         let filesize = hex(&d[54..62]);
