@@ -119,9 +119,13 @@ pub struct RunOutcome {
 impl RunOutcome {
     /// Stopped by a signal and every child exited cleanly.
     pub fn clean(&self) -> bool {
-        matches!(self.reason, StopReason::Signal { .. })
-            && self.daemon.success()
-            && self.helper.as_ref().is_none_or(ChildOutcome::success)
+        let StopReason::Signal { signal } = self.reason else {
+            return false;
+        };
+        // Exiting 0, or dying of the very signal we forwarded (a process
+        // that keeps the default SIGTERM action), is a normal stop.
+        let ok = |c: &ChildOutcome| !c.killed && (c.success() || c.signal == Some(signal));
+        ok(&self.daemon) && self.helper.as_ref().is_none_or(ok)
     }
 }
 
@@ -217,8 +221,18 @@ fn prepare_dir(dir: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
         .map_err(|e| SystemError::io("set the mode of", dir, e))
 }
 
-/// The capability the root helper keeps (the unit's CapabilityBoundingSet).
-const HELPER_CAP: libc::c_ulong = 12; // CAP_NET_ADMIN
+/// The helper's bounding set, as in the unit's CapabilityBoundingSet:
+/// CAP_NET_ADMIN for its work, plus what it needs for the moment between
+/// start and serving (hand the socket to the owner: CAP_CHOWN, then chmod
+/// the now owner-owned file: CAP_FOWNER; shrink its own bounding set:
+/// CAP_SETPCAP). The helper drops all but CAP_NET_ADMIN before it accepts a
+/// connection.
+const HELPER_CAPS: [libc::c_ulong; 4] = [
+    12, // CAP_NET_ADMIN
+    0,  // CAP_CHOWN
+    3,  // CAP_FOWNER
+    8,  // CAP_SETPCAP
+];
 
 /// Highest capability number the running kernel knows.
 fn cap_last_cap() -> libc::c_ulong {
@@ -228,10 +242,10 @@ fn cap_last_cap() -> libc::c_ulong {
         .unwrap_or(40)
 }
 
-/// `bound_caps_to`: for the helper, shrink the bounding set to that one
-/// capability before exec, so a root child ends with exactly it (what the
-/// unit's CapabilityBoundingSet gives) even if the helper dropped nothing.
-fn base_command(program: &Path, bound_caps_to: Option<libc::c_ulong>) -> Command {
+/// `bound_caps_to`: for the helper, shrink the bounding set to these
+/// capabilities before exec, so a root child can never hold more (what the
+/// unit's CapabilityBoundingSet gives).
+fn base_command(program: &Path, bound_caps_to: Option<&'static [libc::c_ulong]>) -> Command {
     let mut cmd = Command::new(program);
     cmd.stdin(Stdio::null());
     // Own process group: a terminal's Ctrl-C reaches only us, and we decide
@@ -250,7 +264,8 @@ fn base_command(program: &Path, bound_caps_to: Option<libc::c_ulong>) -> Command
             }
             if let Some(keep) = bound_caps_to {
                 for cap in 0..=last_cap {
-                    if cap != keep && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                    if !keep.contains(&cap) && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+                    {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -352,12 +367,13 @@ impl Foreground {
                 // root:<owner group> 0750, as RuntimeDirectory gives the unit.
                 prepare_dir(dir, 0o750, Some((0, owner.gid)))?;
             }
-            let mut cmd = base_command(&helper_bin, Some(HELPER_CAP));
+            let mut cmd = base_command(&helper_bin, Some(&HELPER_CAPS));
             cmd.arg("--socket")
                 .arg(&p.root_socket)
                 .arg("--owner-uid")
                 .arg(owner.uid.to_string())
-                // The unit's Group=: the socket's group is the owner's.
+                // The unit's Group=: /run/banger-root is searchable by the
+                // owner's group only.
                 .gid(owner.gid);
             Some(spawn("bangerd-root", cmd, &helper_bin)?)
         } else {

@@ -171,9 +171,9 @@ Before={DAEMON_UNIT}
 [Service]
 Type=exec
 ExecStart={bin_dir}/bangerd-root --socket {ROOT_SOCKET} --owner-uid {uid}
-# Root, but with the owner's primary group: /run/banger-root is root:{group}
-# 0750 and the helper makes its socket 0660, so only that group can reach it;
-# the helper then admits only uid {uid} (SO_PEERCRED).
+# Root, with the owner's primary group: /run/banger-root is root:{group} 0750,
+# the helper hands its socket to uid {uid} with mode 0600 and then admits
+# only that uid (and root) by SO_PEERCRED.
 Group={group}
 UMask=0077
 RuntimeDirectory=banger-root
@@ -181,8 +181,10 @@ RuntimeDirectoryMode=0750
 Restart=on-failure
 RestartSec=2s
 
-CapabilityBoundingSet=CAP_NET_ADMIN
-AmbientCapabilities=CAP_NET_ADMIN
+# CAP_NET_ADMIN is what it works with. CAP_CHOWN, CAP_FOWNER and CAP_SETPCAP
+# serve only its first moments (hand the socket to the owner, shrink its own
+# bounding set); it drops them before accepting a connection.
+CapabilityBoundingSet=CAP_NET_ADMIN CAP_CHOWN CAP_FOWNER CAP_SETPCAP
 NoNewPrivileges=yes
 DevicePolicy=closed
 DeviceAllow=/dev/net/tun rw
@@ -281,7 +283,7 @@ mod tests {
     }
 
     #[test]
-    fn root_unit_keeps_only_net_admin() {
+    fn root_unit_bounds_capabilities() {
         let unit = render_root_unit(&params()).expect("render");
         let caps: Vec<&str> = unit
             .lines()
@@ -291,10 +293,7 @@ mod tests {
             .collect();
         assert_eq!(
             caps,
-            [
-                "CapabilityBoundingSet=CAP_NET_ADMIN",
-                "AmbientCapabilities=CAP_NET_ADMIN"
-            ]
+            ["CapabilityBoundingSet=CAP_NET_ADMIN CAP_CHOWN CAP_FOWNER CAP_SETPCAP"]
         );
         assert!(
             !unit.lines().any(|l| l.starts_with("User=")),

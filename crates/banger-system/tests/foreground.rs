@@ -34,7 +34,9 @@ else:
 s = socket.socket(socket.AF_UNIX)
 s.bind(sock)
 if "--owner-uid" in args:
-    os.chmod(sock, 0o660)
+    # What bangerd-root does: hand the socket to the owner, then 0600.
+    os.chown(sock, int(args[args.index("--owner-uid") + 1]), -1)
+    os.chmod(sock, 0o600)
 s.listen(8)
 info = {"uid": os.getuid(), "gid": os.getgid(), "umask": um, "argv": args,
         "root_socket_env": os.environ.get("BANGER_ROOT_SOCKET"),
@@ -52,6 +54,9 @@ while time.time() < deadline:
         pass
 sys.exit(7 if BEHAVIOR == "exit_after" else 0)
 "#;
+
+/// CAP_NET_ADMIN | CAP_CHOWN | CAP_FOWNER | CAP_SETPCAP, the unit's bound.
+const HELPER_BOUND: u64 = 1 << 12 | 1 << 0 | 1 << 3 | 1 << 8;
 
 fn have_python() -> bool {
     Command::new("python3")
@@ -200,14 +205,15 @@ fn as_root_starts_both_like_the_units_and_forwards_the_stop_signal() {
     }
     let root_dir = p.root_socket.parent().expect("parent");
     assert_eq!(mode_of(root_dir), (0o750, 0, nobody.gid));
-    // The helper's socket is reachable by the owner's group only.
-    assert_eq!(mode_of(&p.root_socket), (0o660, 0, nobody.gid));
+    assert_eq!(mode_of(&p.root_socket), (0o600, nobody.uid, nobody.gid));
 
-    // The helper holds exactly CAP_NET_ADMIN, like the unit; the daemon,
-    // dropped to the owner, holds nothing. Both have no_new_privs.
+    // The helper is bounded like the unit (the stand-in drops nothing
+    // further); the daemon, dropped to the owner, holds nothing. Both have
+    // no_new_privs.
+    let bound = format!("{:016x}", HELPER_BOUND);
     let helper_caps = proc_status(hpid);
-    assert_eq!(helper_caps["CapBnd"], format!("{:016x}", 1u64 << 12));
-    assert_eq!(helper_caps["CapEff"], format!("{:016x}", 1u64 << 12));
+    assert_eq!(helper_caps["CapBnd"], bound);
+    assert_eq!(helper_caps["CapEff"], bound);
     assert_eq!(helper_caps["NoNewPrivs"], "1");
     let daemon_caps = proc_status(dpid);
     assert_eq!(daemon_caps["CapEff"], "0000000000000000");
@@ -389,4 +395,54 @@ fn refuses_to_start_over_a_running_instance_or_without_binaries() {
         ),
         "{err}"
     );
+}
+
+/// The real `bangerd-root` (when a workspace build left one in the target
+/// dir) under the foreground supervisor, bounded as in its unit: it must
+/// start, hand its socket to the owner and end with exactly CAP_NET_ADMIN.
+#[test]
+fn the_real_root_helper_starts_within_the_unit_bound_and_keeps_only_net_admin() {
+    if skip() {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: needs root (starts the root helper)");
+        return;
+    }
+    // target/<profile>/deps/<this test> -> target/<profile>/bangerd-root
+    let real = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.join("bangerd-root")))
+        .filter(|p| p.is_file());
+    let Some(real) = real else {
+        eprintln!(
+            "SKIP: no built bangerd-root next to the test binaries (cargo build -p bangerd-root)"
+        );
+        return;
+    };
+    let fx = fixture("serve", "serve");
+    fs::remove_file(fx.bin.join("bangerd-root")).expect("rm stand-in");
+    std::os::unix::fs::symlink(&real, fx.bin.join("bangerd-root")).expect("symlink");
+    let nobody = Owner::lookup("nobody").expect("nobody");
+    let facts = HostFacts {
+        euid: 0,
+        systemd_booted: false,
+    };
+    let stop = StopFlag::new();
+    let fg = Foreground::start(&opts(&fx, Some("nobody")), &facts, stop.clone()).expect("start");
+    let hpid = fg.helper_pid().expect("helper");
+    let caps = proc_status(hpid);
+    let net_admin = format!("{:016x}", 1u64 << 12);
+    assert_eq!(caps["CapEff"], net_admin);
+    assert_eq!(caps["CapPrm"], net_admin);
+    assert_eq!(caps["CapBnd"], net_admin);
+    assert_eq!(caps["CapAmb"], "0000000000000000");
+    assert_eq!(caps["NoNewPrivs"], "1");
+    assert_eq!(
+        mode_of(&fx.paths.root_socket),
+        (0o600, nobody.uid, nobody.gid)
+    );
+    stop.request(libc::SIGTERM);
+    let out = fg.wait();
+    assert!(out.clean(), "{out:?}");
 }

