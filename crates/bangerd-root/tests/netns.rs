@@ -272,6 +272,22 @@ fn helper_in_netns_end_to_end() {
     // Root (admin) may ping; capabilities are bounded to CAP_NET_ADMIN.
     let pong = ok(&sock, json!({"op": "ping"}));
     assert_eq!(pong["owner_uid"], OWNER);
+    // The daemon's client against the real helper.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = banger_net::RootClient::new(&sock).with_timeout(Duration::from_secs(20));
+    assert_eq!(rt.block_on(client.ping()).expect("RootClient ping"), OWNER);
+    let err = rt
+        .block_on(client.call(banger_proto::root::RootOp::DeleteBridge {
+            bridge: "eth0".into(),
+        }))
+        .expect_err("foreign bridge refused");
+    assert!(
+        err.to_string().contains("does not start with \"banger\""),
+        "{err}"
+    );
     let [eff, prm, bnd, inh, amb] = caps_of(helper.child.id());
     assert_eq!(
         (
