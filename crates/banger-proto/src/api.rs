@@ -175,6 +175,13 @@ pub struct VmInfo {
     /// Unix seconds.
     pub created_at: i64,
     pub no_egress: bool,
+    /// Host side of the VM's vsock (Firecracker hybrid vsock protocol): the
+    /// CLI talks to the guest agent through it directly.
+    #[serde(default)]
+    pub vsock_path: Option<String>,
+    /// Whether the guest agent has announced readiness since the last start.
+    #[serde(default)]
+    pub agent_ready: bool,
 }
 
 /// Body of `POST /v1/vms`.
@@ -190,6 +197,16 @@ pub struct CreateVmRequest {
     /// Start the VM once created.
     #[serde(default)]
     pub start: bool,
+    /// OpenSSH public key to authorize for root in the guest.
+    #[serde(default)]
+    pub ssh_public_key: Option<String>,
+}
+
+/// Answer of `GET /v1/ssh`: what a client needs to ssh into VMs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshInfo {
+    /// known_hosts with every VM's pinned host key.
+    pub known_hosts: String,
 }
 
 /// Answer of `POST /v1/vms`.
@@ -210,6 +227,15 @@ pub struct ImageInfo {
     /// Where it came from: `build`, `bundle <url>`, `register`, `oci <ref>`.
     pub origin: String,
     pub created_at: i64,
+}
+
+/// Body of `POST /v1/images/build`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildImageRequest {
+    pub name: String,
+    /// `full` or `minimal`.
+    pub profile: String,
+    pub mirror: Option<String>,
 }
 
 /// A registered guest kernel.

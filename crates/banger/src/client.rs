@@ -139,6 +139,82 @@ impl Client {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    /// GET returning the raw body (e.g. console logs).
+    pub async fn get_raw(&self, path: &str) -> Result<Bytes, ClientError> {
+        let (status, bytes) = self.send(Method::GET, path, None).await?;
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        Err(match serde_json::from_slice::<ApiError>(&bytes) {
+            Ok(e) => ClientError::Api(e),
+            Err(_) => ClientError::BadAnswer {
+                status,
+                detail: String::from_utf8_lossy(&bytes).into_owned(),
+            },
+        })
+    }
+
+    /// GET streaming the body into `out` as it arrives (`logs --follow`).
+    pub async fn stream<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        path: &str,
+        out: &mut W,
+    ) -> Result<(), ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let transport = |detail: String| ClientError::Transport {
+            socket: self.socket.clone(),
+            detail,
+        };
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| ClientError::DaemonDown {
+                socket: self.socket.clone(),
+                reason: e.to_string(),
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(hyper::header::HOST, "bangerd")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| transport(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| transport(e.to_string()))?
+                .to_bytes();
+            return Err(match serde_json::from_slice::<ApiError>(&bytes) {
+                Ok(e) => ClientError::Api(e),
+                Err(_) => ClientError::BadAnswer {
+                    status,
+                    detail: String::from_utf8_lossy(&bytes).into_owned(),
+                },
+            });
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| transport(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                out.write_all(data)
+                    .await
+                    .map_err(|e| transport(e.to_string()))?;
+                out.flush().await.map_err(|e| transport(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that the daemon answers and speaks our API version.
     pub async fn version(&self) -> Result<VersionInfo, ClientError> {
         let v: VersionInfo = self.get("/v1/version").await?;

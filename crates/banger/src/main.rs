@@ -6,6 +6,7 @@ mod cmd;
 mod completion;
 mod doctor;
 mod output;
+mod workspace;
 
 use std::process::ExitCode;
 

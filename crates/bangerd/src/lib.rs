@@ -2,8 +2,12 @@
 //! real child process on a temp socket.
 
 pub mod api;
+pub mod file_sync;
+pub mod guest;
+pub mod images;
 pub mod logging;
 pub mod socket;
+pub mod vms;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +21,24 @@ pub struct Daemon {
     pub paths: Paths,
     pub config: Config,
     pub store: Store,
+    /// Which VMM drives guests on this host (or why none can).
+    pub selection: Result<banger_vmm::Selection, String>,
+    /// The root helper, when VMs get host networking.
+    pub network: Option<banger_net::RootClient>,
+    /// Names served by the `.vm` DNS zone.
+    pub dns_names: banger_dns::NameTable,
+    pub slots: vms::Slots,
+}
+
+/// How the daemon runs, beyond its paths and config.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Start VMs without a NIC (no bridge, no root helper): for hosts where
+    /// the helper cannot run. The guest agent still works over vsock.
+    pub no_network: bool,
+    /// Where the `.vm` DNS server listens; default: the bridge gateway on
+    /// `[dns] port`.
+    pub dns_listen: Option<std::net::SocketAddr>,
 }
 
 /// Creates `dir` (and parents) and narrows it to 0700: the daemon's state is
@@ -31,7 +53,7 @@ pub fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
 
 impl Daemon {
     /// Opens state, repairs what an interrupted previous run left behind.
-    pub fn open(paths: Paths, config: Config) -> anyhow::Result<Daemon> {
+    pub fn open(paths: Paths, config: Config, opts: &Options) -> anyhow::Result<Daemon> {
         for d in [&paths.state_dir, &paths.cache_dir, &paths.runtime_dir] {
             ensure_private_dir(d)?;
         }
@@ -44,10 +66,32 @@ impl Daemon {
             ensure_private_dir(&d)?;
         }
         let store = Store::open(&paths.db())?;
+        let home = banger_core::host::home_dir().unwrap_or_default();
+        let vmm_config = banger_vmm::VmmConfig {
+            preference: match config.vmm_choice().value {
+                banger_core::VmmChoice::Auto => banger_vmm::VmmPreference::Auto,
+                banger_core::VmmChoice::Firecracker => banger_vmm::VmmPreference::Firecracker,
+                banger_core::VmmChoice::Qemu => banger_vmm::VmmPreference::Qemu,
+            },
+            firecracker_bin: config.firecracker_bin.as_ref().map(|p| p.expand(&home)),
+            qemu_bin: config.qemu_bin.as_ref().map(|p| p.expand(&home)),
+            vhost_vsock_bin: None,
+        };
+        let selection = banger_vmm::select_vmm(&vmm_config).map_err(|e| e.to_string());
+        match &selection {
+            Ok(s) => tracing::info!(vmm = %s.kind, "{}", s.reason),
+            Err(e) => tracing::warn!("no usable VMM: {e}"),
+        }
+        let network =
+            (!opts.no_network).then(|| banger_net::RootClient::new(paths.root_socket.clone()));
         let daemon = Daemon {
             paths,
             config,
             store,
+            selection,
+            network,
+            dns_names: banger_dns::NameTable::new(),
+            slots: vms::Slots::default(),
         };
         daemon.recover()?;
         Ok(daemon)
@@ -83,13 +127,15 @@ impl Daemon {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(paths: Paths, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(paths: Paths, config_path: Option<PathBuf>, opts: Options) -> anyhow::Result<()> {
     let config = match &config_path {
         Some(p) => Config::load(p)?,
         None => Config::load_default()?,
     };
     let socket_path = paths.socket.clone();
-    let daemon = Arc::new(Daemon::open(paths, config)?);
+    let daemon = Arc::new(Daemon::open(paths, config, &opts)?);
+    daemon.readopt().await?;
+    let _dns = start_dns(&daemon, &opts).await;
     let listener = socket::bind(&socket_path)?;
     tracing::info!(socket = %socket_path.display(), version = env!("CARGO_PKG_VERSION"), "bangerd listening");
     // Not under systemd this is a no-op; under Type=notify it tells systemd
@@ -104,6 +150,55 @@ pub async fn run(paths: Paths, config_path: Option<PathBuf>) -> anyhow::Result<(
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("bangerd stopped");
     Ok(())
+}
+
+/// Starts the `.vm` DNS server. A failure is logged, not fatal: VMs still
+/// work by address and `banger vm ssh`; `doctor` reports DNS separately.
+async fn start_dns(daemon: &Arc<Daemon>, opts: &Options) -> Option<banger_dns::DnsHandle> {
+    for vm in daemon.store.list_vms().ok()? {
+        if vm.state == banger_proto::VmState::Running
+            && let Some(ip) = vm.ip.as_deref().and_then(|s| s.parse().ok())
+        {
+            let _ = daemon.dns_names.set(&vm.name, ip);
+        }
+    }
+    let addr = match opts.dns_listen {
+        Some(a) => a,
+        None => {
+            let root = daemon.network.as_ref()?;
+            let subnet = daemon.config.vm_subnet().value;
+            // The gateway address exists only once the bridge does.
+            if let Err(e) = root
+                .call(banger_proto::root::RootOp::EnsureBridge {
+                    bridge: daemon.config.bridge_name().value,
+                    subnet: subnet.to_string(),
+                })
+                .await
+            {
+                tracing::warn!("no .vm DNS: cannot prepare the bridge: {e}");
+                return None;
+            }
+            let ip = daemon.config.dns_listen.unwrap_or_else(|| subnet.gateway());
+            std::net::SocketAddr::from((ip, daemon.config.dns_port().value))
+        }
+    };
+    let server = match banger_dns::DnsServer::bind(addr, daemon.dns_names.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("no .vm DNS: cannot listen on {addr}: {e}");
+            return None;
+        }
+    };
+    match server.spawn(2) {
+        Ok(h) => {
+            tracing::info!(%addr, "serving the .vm zone");
+            Some(h)
+        }
+        Err(e) => {
+            tracing::warn!("no .vm DNS: {e}");
+            None
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -28,6 +28,12 @@ struct Args {
     /// Config file (default $XDG_CONFIG_HOME/banger/config.toml).
     #[arg(long, env = banger_core::paths::ENV_CONFIG)]
     config: Option<PathBuf>,
+    /// Start VMs without host networking (no bridge, no root helper).
+    #[arg(long)]
+    no_network: bool,
+    /// Address:port for the .vm DNS server (default: the bridge gateway, [dns] port).
+    #[arg(long, value_name = "ADDR:PORT")]
+    dns_listen: Option<std::net::SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -51,7 +57,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(bangerd::run(paths, args.config)) {
+    let opts = bangerd::Options {
+        no_network: args.no_network,
+        dns_listen: args.dns_listen,
+    };
+    match rt.block_on(bangerd::run(paths, args.config, opts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -2,6 +2,8 @@
 
 mod config;
 mod image;
+mod run;
+mod ssh;
 mod ssh_config;
 mod vm;
 

@@ -38,6 +38,7 @@ pub fn create_request(shape: &VmShape, start: bool) -> anyhow::Result<CreateVmRe
             .transpose()?,
         no_egress: shape.no_egress,
         start,
+        ssh_public_key: None,
     })
 }
 
@@ -130,7 +131,10 @@ pub async fn run(client: &Client, c: VmCommand) -> anyhow::Result<ExitCode> {
             }
         }
         VmCommand::Create(a) => {
-            let req = create_request(&a.shape, !a.no_start)?;
+            let mut req = create_request(&a.shape, !a.no_start)?;
+            let config = super::load_config()?;
+            let (_, public) = super::ssh::ensure_identity(&config, &super::home()?)?;
+            req.ssh_public_key = Some(public);
             let resp: CreateVmResponse = client.post("/v1/vms", &req).await?;
             if a.json.json {
                 output::print_json(&resp)?;
@@ -161,10 +165,10 @@ pub async fn run(client: &Client, c: VmCommand) -> anyhow::Result<ExitCode> {
             let vm: VmInfo = client.delete(&format!("/v1/vms/{}", n.name)).await?;
             println!("deleted {}", vm.name);
         }
-        VmCommand::Logs(_) => bail!("`banger vm logs` is not available in this build yet"),
-        VmCommand::Run(_) => bail!("`banger vm run` is not available in this build yet"),
-        VmCommand::Ssh(_) => bail!("`banger vm ssh` is not available in this build yet"),
-        VmCommand::Exec(_) => bail!("`banger vm exec` is not available in this build yet"),
+        VmCommand::Logs(a) => return super::run::vm_logs(client, a).await,
+        VmCommand::Run(a) => return super::run::vm_run(client, a).await,
+        VmCommand::Ssh(a) => return super::run::vm_ssh(client, a).await,
+        VmCommand::Exec(a) => return super::run::vm_exec(client, a).await,
         VmCommand::Cp(_) => bail!("`banger vm cp` is not available in this build yet"),
     }
     Ok(ExitCode::SUCCESS)

@@ -1,16 +1,17 @@
 //! Images and kernels.
 
 use axum::extract::{Path, State};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use banger_proto::{ImageInfo, KernelInfo};
+use banger_proto::{BuildImageRequest, ImageInfo, KernelInfo};
 use banger_store::{ImageRecord, KernelRecord};
 
-use super::{ApiResult, AppState};
+use super::{ApiErr, ApiJson, ApiResult, AppState};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/images", get(list_images))
+        .route("/v1/images/build", post(build_image))
         .route("/v1/images/{name}", get(show_image).delete(delete_image))
         .route("/v1/kernels", get(list_kernels))
         .route("/v1/kernels/{name}", get(show_kernel).delete(delete_kernel))
@@ -35,6 +36,23 @@ pub fn kernel_info(r: KernelRecord) -> KernelInfo {
         pvh: r.pvh,
         created_at: r.created_at,
     }
+}
+
+async fn build_image(
+    State(d): State<AppState>,
+    ApiJson(req): ApiJson<BuildImageRequest>,
+) -> ApiResult<ImageInfo> {
+    let profile = match req.profile.as_str() {
+        "full" => banger_image::Profile::Full,
+        "minimal" => banger_image::Profile::Minimal,
+        other => {
+            return Err(ApiErr::bad_request(format!(
+                "unknown profile {other:?}; use \"full\" or \"minimal\""
+            )));
+        }
+    };
+    let (img, _) = d.build_image(req.name, profile, req.mirror).await?;
+    Ok(Json(image_info(img)))
 }
 
 async fn list_images(State(d): State<AppState>) -> ApiResult<Vec<ImageInfo>> {

@@ -1,0 +1,422 @@
+//! `banger vm run`, `vm ssh`, `vm logs`, `vm exec`: the main job.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use banger_agent::client::AgentClient;
+use banger_proto::agent::{ExecRequest, TtySize};
+use banger_proto::{CreateVmResponse, ErrorKind, ImageInfo, VmInfo};
+
+use crate::cli::{VmExecArgs, VmLogsArgs, VmRunArgs, VmSshArgs};
+use crate::client::{Client, ClientError};
+use crate::cmd::{ssh, vm};
+use crate::workspace::{self, Source};
+
+/// How long `vm run` waits for the guest to come up (TCG boots are slow).
+const READY_SECS: u64 = 300;
+
+/// Phase timings for `--timings`, and progress lines on a terminal.
+struct Phases {
+    start: Instant,
+    last: Instant,
+    done: Vec<(&'static str, Duration)>,
+    show: bool,
+}
+
+impl Phases {
+    fn new() -> Self {
+        let now = Instant::now();
+        Phases {
+            start: now,
+            last: now,
+            done: Vec::new(),
+            show: std::io::stderr().is_terminal(),
+        }
+    }
+    fn begin(&mut self, what: &str) {
+        if self.show {
+            eprintln!("{} {what}…", crate::output::paint("▸", "36"));
+        }
+        self.last = Instant::now();
+    }
+    fn end(&mut self, phase: &'static str) {
+        self.done.push((phase, self.last.elapsed()));
+        self.last = Instant::now();
+    }
+    fn print(&self) {
+        for (p, d) in &self.done {
+            eprintln!("timing: {p:<8} {:>7.2}s", d.as_secs_f64());
+        }
+        eprintln!(
+            "timing: {:<8} {:>7.2}s",
+            "total",
+            self.start.elapsed().as_secs_f64()
+        );
+    }
+}
+
+async fn ensure_image(client: &Client, name: &str, phases: &mut Phases) -> anyhow::Result<()> {
+    match client.get::<ImageInfo>(&format!("/v1/images/{name}")).await {
+        Ok(_) => return Ok(()),
+        Err(ClientError::Api(e)) if e.kind == ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    if name != banger_core::config::DEFAULT_IMAGE_NAME {
+        bail!(
+            "no image named {name:?}; pull it (`banger image pull {name}`) or build it (`banger image build {name}`)"
+        );
+    }
+    phases.begin(&format!(
+        "image {name} is not here yet: building it from Debian packages (a few minutes, once)"
+    ));
+    eprintln!(
+        "banger: image {name} is not present locally; building it with mmdebstrap (no catalog bundle was used)"
+    );
+    let _: ImageInfo = client
+        .post(
+            "/v1/images/build",
+            &banger_proto::BuildImageRequest {
+                name: name.to_string(),
+                profile: "full".into(),
+                mirror: None,
+            },
+        )
+        .await?;
+    phases.end("image");
+    Ok(())
+}
+
+fn agent_for(vm: &VmInfo) -> anyhow::Result<AgentClient> {
+    let path = vm.vsock_path.as_deref().with_context(|| {
+        format!(
+            "VM {} has no guest agent channel (is it running? see `banger vm show {}`)",
+            vm.name, vm.name
+        )
+    })?;
+    Ok(AgentClient::hybrid(path).with_connect_timeout(Duration::from_secs(10)))
+}
+
+/// Ships the workspace into `/root/<repo>` as one tar stream over the agent.
+async fn upload_workspace(
+    agent: &AgentClient,
+    path: &Path,
+    source: &Source,
+    files: &[String],
+    dest: &str,
+) -> anyhow::Result<()> {
+    let mut tmp = tempfile::tempfile().context("cannot create a temporary file")?;
+    {
+        let (path, source, files) = (path.to_path_buf(), source.clone(), files.to_vec());
+        tmp = tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
+            workspace::write_tar(&path, &source, &files, &mut tmp)?;
+            use std::io::Seek;
+            tmp.rewind()?;
+            Ok(tmp)
+        })
+        .await??;
+    }
+    let file = tokio::fs::File::from_std(tmp);
+    agent
+        .upload_tar(file, dest)
+        .await
+        .with_context(|| format!("copying the workspace into {dest}"))?;
+    Ok(())
+}
+
+/// Best effort: install the repo's tools with mise in the background. The
+/// script is fixed text; the repo name reaches it as an argument.
+async fn start_tooling_bootstrap(agent: &AgentClient, repo: &str) {
+    const SCRIPT: &str = r#"dir=/root/$1; log=/root/.cache/banger/vm-run-tooling-$1.log
+mkdir -p /root/.cache/banger
+( cd "$dir" || exit 0
+  if [ ! -f .mise.toml ] && [ ! -f mise.toml ] && [ ! -f .tool-versions ]; then echo "no .mise.toml or .tool-versions: nothing to install"; exit 0; fi
+  if ! command -v mise >/dev/null 2>&1; then echo "mise is not installed in this image: skipping tool installation"; exit 0; fi
+  mise trust --yes >/dev/null 2>&1; mise install --yes ) >"$log" 2>&1 </dev/null &
+"#;
+    let req = ExecRequest::new(["sh", "-c", SCRIPT, "sh", repo]);
+    if let Err(e) = agent.exec_capture(&req, b"").await {
+        eprintln!("banger: warning: could not start the tooling bootstrap: {e}");
+    }
+}
+
+pub async fn vm_run(client: &Client, a: VmRunArgs) -> anyhow::Result<ExitCode> {
+    let mut phases = Phases::new();
+    let workspace = match &a.path {
+        Some(p) => {
+            let source = match (&a.branch, &a.from) {
+                (Some(b), _) => Source::Rev(b.clone()),
+                (_, Some(r)) => Source::Rev(r.clone()),
+                _ => Source::WorkingTree {
+                    include_untracked: a.include_untracked,
+                },
+            };
+            workspace::validate(p, &source)?;
+            let files = workspace::list_files(p, &source)?;
+            Some((p.clone(), source, files))
+        }
+        None => {
+            if a.dry_run || a.include_untracked || a.branch.is_some() || a.from.is_some() {
+                bail!(
+                    "--dry-run, --include-untracked, --branch and --from apply only to workspace mode (give a repository path)"
+                );
+            }
+            None
+        }
+    };
+    if a.dry_run {
+        if let Some((_, _, files)) = &workspace {
+            for f in files {
+                println!("{f}");
+            }
+            eprintln!(
+                "{} files would be copied; no VM was created (--dry-run)",
+                files.len()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let config = super::load_config()?;
+    let home = super::home()?;
+    let (key, public) = ssh::ensure_identity(&config, &home)?;
+    client.version().await?;
+    let image = a
+        .shape
+        .image
+        .clone()
+        .unwrap_or_else(|| config.image_name().value);
+    ensure_image(client, &image, &mut phases).await?;
+
+    let mut req = vm::create_request(&a.shape, true)?;
+    req.image = Some(image);
+    req.ssh_public_key = Some(public);
+    phases.begin("creating and starting the VM");
+    let created = tokio::select! {
+        r = client.post::<_, CreateVmResponse>("/v1/vms", &req) => r?,
+        _ = tokio::signal::ctrl_c() => {
+            // The daemon finishes or rolls back the create on its own; under
+            // --rm, delete whatever it made.
+            if a.rm && let Some(name) = &req.name {
+                let _ = client.delete::<VmInfo>(&format!("/v1/vms/{name}")).await;
+            }
+            bail!("interrupted while creating the VM");
+        }
+    };
+    println!("{}", vm::spec_line(&created.spec));
+    let name = created.vm.name.clone();
+    eprintln!(
+        "banger: VM {name} ({}) is starting",
+        created.vm.ip.as_deref().unwrap_or("no address")
+    );
+    phases.end("create");
+
+    let result = run_in_vm(client, &a, &name, workspace, &key, &mut phases).await;
+    let delete = a.rm && !matches!(&result, Err(RunError::NotReady(_)));
+    if delete {
+        match client.delete::<VmInfo>(&format!("/v1/vms/{name}")).await {
+            Ok(_) => eprintln!("banger: deleted VM {name} (--rm)"),
+            Err(e) => eprintln!("banger: warning: could not delete VM {name}: {e}"),
+        }
+    }
+    if a.timings {
+        phases.print();
+    }
+    match result {
+        Ok(code) => Ok(ExitCode::from(
+            u8::try_from(code.clamp(0, 255)).unwrap_or(1),
+        )),
+        Err(RunError::NotReady(e)) => {
+            if a.rm {
+                eprintln!(
+                    "banger: kept VM {name} for inspection despite --rm: `banger vm logs {name}`, then `banger vm delete {name}`"
+                );
+            }
+            Err(e)
+        }
+        Err(RunError::Other(e)) => Err(e),
+    }
+}
+
+enum RunError {
+    /// The guest never came up: the VM is kept for `vm logs` even under --rm.
+    NotReady(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for RunError {
+    fn from(e: E) -> Self {
+        RunError::Other(e.into())
+    }
+}
+
+async fn run_in_vm(
+    client: &Client,
+    a: &VmRunArgs,
+    name: &str,
+    workspace: Option<(std::path::PathBuf, Source, Vec<String>)>,
+    key: &Path,
+    phases: &mut Phases,
+) -> Result<i32, RunError> {
+    phases.begin("waiting for the guest to boot");
+    let ready_path = format!("/v1/vms/{name}/ready?timeout_secs={READY_SECS}");
+    let ready = tokio::select! {
+        r = client.post::<_, VmInfo>(&ready_path, &()) => r,
+        _ = tokio::signal::ctrl_c() => return Err(RunError::Other(anyhow::anyhow!("interrupted while the guest was booting"))),
+    };
+    let vm = ready.map_err(|e| {
+        RunError::NotReady(anyhow::Error::new(e).context(format!(
+            "VM {name} did not come up; see `banger vm logs {name}`"
+        )))
+    })?;
+    phases.end("boot");
+    let agent = agent_for(&vm)?;
+    let mut cwd = None;
+    if let Some((path, source, files)) = &workspace {
+        let repo = workspace::repo_name(path);
+        let dest = format!("/root/{repo}");
+        phases.begin(&format!("copying {} files into {dest}", files.len()));
+        upload_workspace(&agent, path, source, files, &dest).await?;
+        phases.end("sync");
+        start_tooling_bootstrap(&agent, &repo).await;
+        cwd = Some(dest);
+    }
+    if !a.command.is_empty() {
+        phases.begin("running the command");
+        let mut req = ExecRequest::new(a.command.clone());
+        req.cwd = cwd;
+        let code = exec_streaming(&agent, req, false).await?;
+        phases.end("command");
+        return Ok(code);
+    }
+    let ssh_config = ssh::refresh_ssh_config(client, key).await?;
+    let mut command = Vec::new();
+    if let Some(dir) = &cwd {
+        // An interactive login shell that starts in the workspace.
+        command = vec![
+            "cd".into(),
+            dir.clone(),
+            "&&".into(),
+            "exec".into(),
+            "${SHELL:-/bin/bash}".into(),
+            "-l".into(),
+        ];
+    }
+    let mut args = ssh::ssh_args(&ssh_config, &vm, true, &[])?;
+    if !command.is_empty() {
+        args.push("--".into());
+        args.push(command.join(" "));
+    }
+    Ok(ssh::run_ssh(&args)?)
+}
+
+/// Runs a command through the agent, streaming stdio; returns the shell-style
+/// exit code. Ctrl-C is forwarded to the guest process.
+async fn exec_streaming(
+    agent: &AgentClient,
+    mut req: ExecRequest,
+    tty: bool,
+) -> anyhow::Result<i32> {
+    if tty {
+        req.tty = Some(terminal_size());
+        req.env.push((
+            "TERM".into(),
+            std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
+        ));
+    }
+    let (ctl_tx, ctl_rx) = tokio::sync::mpsc::channel(4);
+    let forward = tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            if ctl_tx
+                .send(banger_agent::client::ExecControl::Signal(libc::SIGINT))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    // A terminal on stdin is not forwarded to a non-tty command (it would
+    // wait for input that never ends); pipes and files are.
+    let stdin = (!std::io::stdin().is_terminal() || tty).then(tokio::io::stdin);
+    let status = agent
+        .exec(&req, stdin, &mut stdout, &mut stderr, Some(ctl_rx))
+        .await;
+    forward.abort();
+    use tokio::io::AsyncWriteExt;
+    let _ = stdout.flush().await;
+    let _ = stderr.flush().await;
+    Ok(status?.shell_code())
+}
+
+fn terminal_size() -> TtySize {
+    // SAFETY: TIOCGWINSZ fills a winsize struct we own.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    if ok && ws.ws_row > 0 {
+        TtySize {
+            rows: ws.ws_row,
+            cols: ws.ws_col,
+        }
+    } else {
+        TtySize { rows: 24, cols: 80 }
+    }
+}
+
+pub async fn vm_ssh(client: &Client, a: VmSshArgs) -> anyhow::Result<ExitCode> {
+    let config = super::load_config()?;
+    let home = super::home()?;
+    let (key, _) = ssh::ensure_identity(&config, &home)?;
+    let vm: VmInfo = client.get(&format!("/v1/vms/{}", a.name)).await?;
+    if vm.state != banger_proto::VmState::Running {
+        bail!(
+            "VM {} is {}; start it with `banger vm start {}`",
+            vm.name,
+            vm.state,
+            vm.name
+        );
+    }
+    let ssh_config = ssh::refresh_ssh_config(client, &key).await?;
+    let tty = a.command.is_empty() && std::io::stdin().is_terminal();
+    let args = ssh::ssh_args(&ssh_config, &vm, tty, &a.command)?;
+    let code = ssh::run_ssh(&args)?;
+    Ok(ExitCode::from(
+        u8::try_from(code.clamp(0, 255)).unwrap_or(1),
+    ))
+}
+
+pub async fn vm_exec(client: &Client, a: VmExecArgs) -> anyhow::Result<ExitCode> {
+    let vm: VmInfo = client.get(&format!("/v1/vms/{}", a.name)).await?;
+    if vm.state != banger_proto::VmState::Running {
+        bail!(
+            "VM {} is {}; start it with `banger vm start {}`",
+            vm.name,
+            vm.state,
+            vm.name
+        );
+    }
+    let agent = agent_for(&vm)?;
+    let code = exec_streaming(&agent, ExecRequest::new(a.command), a.tty).await?;
+    Ok(ExitCode::from(
+        u8::try_from(code.clamp(0, 255)).unwrap_or(1),
+    ))
+}
+
+pub async fn vm_logs(client: &Client, a: VmLogsArgs) -> anyhow::Result<ExitCode> {
+    use tokio::io::AsyncWriteExt;
+    let mut out = tokio::io::stdout();
+    if !a.follow {
+        let bytes = client.get_raw(&format!("/v1/vms/{}/logs", a.name)).await?;
+        out.write_all(&bytes).await?;
+        out.flush().await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    client
+        .stream(&format!("/v1/vms/{}/logs?follow=true", a.name), &mut out)
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
