@@ -254,4 +254,31 @@ mod tests {
         assert_eq!(t.remove("box2"), Some(Ipv4Addr::new(172, 16, 0, 2)));
         assert!(t.is_empty());
     }
+
+    #[tokio::test]
+    async fn serves_on_a_socket_bound_elsewhere() {
+        let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let table = NameTable::new();
+        table
+            .set("handed", Ipv4Addr::new(172, 16, 0, 9))
+            .expect("valid");
+        let h = DnsServer::from_std(std_sock, table)
+            .expect("adopt")
+            .spawn(1)
+            .expect("spawn");
+        let c = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("client");
+        let mut q = vec![0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 6];
+        q.extend_from_slice(b"handed");
+        q.extend_from_slice(&[2, b'v', b'm', 0, 0, 1, 0, 1]);
+        c.send_to(&q, h.local_addr()).await.expect("send");
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), c.recv(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("recv");
+        assert_eq!(&buf[n - 4..n], &[172, 16, 0, 9]);
+        h.shutdown();
+    }
 }
