@@ -375,7 +375,22 @@ impl Foreground {
                 // The unit's Group=: /run/banger-root is searchable by the
                 // owner's group only.
                 .gid(owner.gid);
-            Some(spawn("bangerd-root", cmd, &helper_bin)?)
+            let mut h = spawn("bangerd-root", cmd, &helper_bin)?;
+            // The daemon talks to the helper as it starts: the helper must be
+            // answering first.
+            let ready = wait_ready(
+                &mut [&mut h],
+                &p.root_socket,
+                "bangerd-root",
+                opts.ready_timeout,
+                &stop,
+            );
+            if let Err(e) = ready {
+                let sig = stop.requested().unwrap_or(libc::SIGTERM);
+                stop_one(&mut h, sig, Instant::now() + opts.stop_timeout);
+                return Err(e);
+            }
+            Some(h)
         } else {
             notes.push(format!(
                 "not running as root: starting only bangerd. VM networking (bridge, taps, \
@@ -411,7 +426,7 @@ impl Foreground {
             Ok(d) => d,
             Err(e) => {
                 if let Some(mut h) = helper {
-                    h.kill();
+                    stop_one(&mut h, libc::SIGTERM, Instant::now() + opts.stop_timeout);
                 }
                 return Err(e);
             }
@@ -424,49 +439,20 @@ impl Foreground {
             stop,
             stop_timeout: opts.stop_timeout,
         };
-        let mut wait_for: Vec<&Path> = vec![&p.socket];
-        if fg.helper.is_some() {
-            wait_for.insert(0, &p.root_socket);
-        }
-        let waited = sockets::wait_all(&wait_for, opts.ready_timeout, || {
-            if let Some(sig) = fg.stop.requested() {
-                return Err(format!("interrupted by signal {sig}"));
-            }
-            for proc in fg.helper.iter_mut().chain([&mut fg.daemon]) {
-                if let Some(o) = proc.poll() {
-                    return Err(format!("{}:{}", o.name, describe(o.exit_code, o.signal)));
-                }
-            }
-            Ok(())
-        });
-        match waited {
+        let Foreground {
+            helper,
+            daemon,
+            stop,
+            ..
+        } = &mut fg;
+        let mut procs: Vec<&mut Proc> = helper.iter_mut().collect();
+        procs.push(daemon);
+        match wait_ready(&mut procs, &p.socket, "bangerd", opts.ready_timeout, stop) {
             Ok(()) => Ok(fg),
-            Err(failure) => {
+            Err(e) => {
                 let sig = fg.stop.requested().unwrap_or(libc::SIGTERM);
                 fg.shutdown(sig);
-                Err(match failure {
-                    WaitFailure::Timeout(i) => SystemError::SocketTimeout {
-                        what: if wait_for.len() == 2 && i == 0 {
-                            "bangerd-root"
-                        } else {
-                            "bangerd"
-                        },
-                        path: wait_for[i].to_path_buf(),
-                        waited: opts.ready_timeout,
-                        hint: "its output is above".into(),
-                    },
-                    WaitFailure::Died(why) => match why.split_once(':') {
-                        Some(("bangerd", status)) => SystemError::ExitedEarly {
-                            name: "bangerd",
-                            status: status.to_owned(),
-                        },
-                        Some(("bangerd-root", status)) => SystemError::ExitedEarly {
-                            name: "bangerd-root",
-                            status: status.to_owned(),
-                        },
-                        _ => SystemError::Interrupted(why),
-                    },
-                })
+                Err(e)
             }
         }
     }
@@ -523,6 +509,44 @@ impl Foreground {
             )
         });
         (daemon, helper)
+    }
+}
+
+/// Wait until `socket` answers while every process in `procs` stays alive
+/// and no stop is requested.
+fn wait_ready(
+    procs: &mut [&mut Proc],
+    socket: &Path,
+    what: &'static str,
+    timeout: Duration,
+    stop: &StopFlag,
+) -> Result<()> {
+    let mut died: Option<(&'static str, String)> = None;
+    let waited = sockets::wait_all(&[socket], timeout, || {
+        if let Some(sig) = stop.requested() {
+            return Err(format!("interrupted by signal {sig}"));
+        }
+        for proc in procs.iter_mut() {
+            let name = proc.name;
+            if let Some(o) = proc.poll() {
+                died = Some((name, describe(o.exit_code, o.signal)));
+                return Err(name.to_owned());
+            }
+        }
+        Ok(())
+    });
+    match waited {
+        Ok(()) => Ok(()),
+        Err(WaitFailure::Timeout(_)) => Err(SystemError::SocketTimeout {
+            what,
+            path: socket.to_path_buf(),
+            waited: timeout,
+            hint: "its output is above".into(),
+        }),
+        Err(WaitFailure::Died(why)) => Err(match died {
+            Some((name, status)) => SystemError::ExitedEarly { name, status },
+            None => SystemError::Interrupted(why),
+        }),
     }
 }
 

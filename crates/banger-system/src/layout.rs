@@ -108,7 +108,7 @@ pub struct Owner {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
-    /// Name of the primary group: the group of the root helper's socket.
+    /// Name of the primary group: the group of the root helper's socket directory.
     pub group: String,
     /// Home directory (`HOME` for a daemon started in the foreground).
     #[serde(default)]

@@ -295,11 +295,24 @@ fn a_daemon_that_dies_during_startup_is_reported_and_the_helper_stopped() {
         }
         other => panic!("unexpected: {other}"),
     }
-    // The helper may still have been starting; if it got as far as
-    // listening it was told to stop.
-    if fx.paths.root_socket.exists() {
-        assert_eq!(signal_seen(&fx.paths.root_socket), Some(libc::SIGTERM));
-    }
+    // The helper was answering before the daemon started; it was stopped.
+    assert_eq!(signal_seen(&fx.paths.root_socket), Some(libc::SIGTERM));
+
+    // A helper that dies: reported, and the daemon is never started.
+    let fx = fixture("serve", "exit3");
+    let err = Foreground::start(&opts(&fx, Some("nobody")), &facts, StopFlag::new())
+        .expect_err("helper exits");
+    assert!(
+        matches!(
+            &err,
+            SystemError::ExitedEarly {
+                name: "bangerd-root",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!fx.paths.socket.exists());
 }
 
 #[test]
@@ -445,4 +458,75 @@ fn the_real_root_helper_starts_within_the_unit_bound_and_keeps_only_net_admin() 
     stop.request(libc::SIGTERM);
     let out = fg.wait();
     assert!(out.clean(), "{out:?}");
+}
+
+/// The real `bangerd` (when a workspace build left one in the target dir)
+/// dropped to the owner by the foreground supervisor, next to a stand-in
+/// helper (the real helper would build a bridge on the host network when
+/// the daemon asks; that belongs in a test network namespace). Everything it
+/// creates must be private to the owner: no group or other bits anywhere.
+#[test]
+fn the_real_daemon_runs_as_the_owner_and_creates_only_private_files() {
+    if skip() {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: needs root (drops the daemon to an owner user)");
+        return;
+    }
+    let real = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.join("bangerd")))
+        .filter(|p| p.is_file());
+    let Some(real) = real else {
+        eprintln!("SKIP: no built bangerd next to the test binaries (cargo build -p bangerd)");
+        return;
+    };
+    let fx = fixture("serve", "serve");
+    fs::remove_file(fx.bin.join("bangerd")).expect("rm stand-in");
+    std::os::unix::fs::symlink(&real, fx.bin.join("bangerd")).expect("symlink");
+    let nobody = Owner::lookup("nobody").expect("nobody");
+    let facts = HostFacts {
+        euid: 0,
+        systemd_booted: false,
+    };
+    let stop = StopFlag::new();
+    let fg = Foreground::start(&opts(&fx, Some("nobody")), &facts, stop.clone()).expect("start");
+    assert_eq!(
+        proc_status(fg.daemon_pid())["Uid"]
+            .split_whitespace()
+            .next(),
+        Some("65534")
+    );
+    assert_eq!(
+        mode_of(&fx.paths.socket),
+        (0o600, nobody.uid, nobody.gid),
+        "daemon socket"
+    );
+    stop.request(libc::SIGTERM);
+    let out = fg.wait();
+    assert!(out.clean(), "{out:?}");
+
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, u32, u32)>) {
+        for e in fs::read_dir(dir).expect("read_dir").flatten() {
+            let m = fs::symlink_metadata(e.path()).expect("meta");
+            out.push((e.path(), m.permissions().mode() & 0o7777, m.uid()));
+            if m.is_dir() {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    let mut created = Vec::new();
+    for d in [
+        &fx.paths.state_dir,
+        &fx.paths.cache_dir,
+        &fx.paths.runtime_dir,
+    ] {
+        walk(d, &mut created);
+    }
+    let loose: Vec<_> = created
+        .iter()
+        .filter(|(_, mode, uid)| mode & 0o077 != 0 || *uid != nobody.uid)
+        .collect();
+    assert!(loose.is_empty(), "not private to the owner: {loose:?}");
 }
