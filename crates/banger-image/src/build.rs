@@ -803,19 +803,27 @@ pub fn test_cache_dir() -> PathBuf {
     std::env::temp_dir().join("banger-test-cache")
 }
 
-/// Hash of everything that determines a build's result: options, package
-/// lists, guest files, this file's source, the agent's bytes.
+/// Bump when [`customize`] or the build steps change what an image
+/// contains: cached test images keyed with the old value are rebuilt.
+pub const RECIPE_VERSION: u32 = 1;
+
+/// Hash of everything that determines a build's result: options, recipe
+/// version, package and mask lists, guest files, the agent's bytes.
 pub fn inputs_key(opts: &BuildOptions) -> Result<String> {
     let mut h = Sha256::new();
+    let masks = opts.profile.masked_units().join(",");
+    let packages = opts.profile.packages().join(",");
+    let recipe = RECIPE_VERSION.to_string();
     for part in [
+        recipe.as_str(),
         opts.name.as_str(),
         opts.version.as_str(),
         opts.profile.as_str(),
         opts.suite.as_str(),
         opts.mirror.as_str(),
-        include_str!("build.rs"),
-        include_str!("kernel.rs"),
-        include_str!("ext4.rs"),
+        packages.as_str(),
+        masks.as_str(),
+        ESSENTIAL_HOOK,
         SSHD_DROPIN,
         SSH_SERVICE_DROPIN,
         NET_SCRIPT,
@@ -905,3 +913,7 @@ pub fn install_built(
     let image = store::install_image(images_dir, &staged, built.manifest.clone())?;
     Ok((image, kernel))
 }
+
+#[cfg(test)]
+#[path = "build_tests.rs"]
+mod tests;

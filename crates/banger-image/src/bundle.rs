@@ -378,3 +378,7 @@ pub fn bundle(
         public_key: public_key_base64(&key.verifying_key()),
     })
 }
+
+#[cfg(test)]
+#[path = "bundle_tests.rs"]
+mod tests;

@@ -59,9 +59,10 @@ fn real_debian_kernel_if_present() {
         .collect();
     let cache = banger_image::build::test_cache_dir();
     for e in std::fs::read_dir(&cache).into_iter().flatten().flatten() {
-        let p = e.path().join("kernel/vmlinuz");
-        if p.is_file() {
-            candidates.push(p);
+        for p in [e.path().join("kernel/vmlinuz"), e.path().join("vmlinuz")] {
+            if p.is_file() {
+                candidates.push(p);
+            }
         }
     }
     let Some(bz) = candidates.first() else {
