@@ -89,6 +89,13 @@ fn source_binaries(opts: &InstallOptions) -> Result<Vec<(&'static str, PathBuf, 
     for (name, dir) in BINARIES {
         let src = match (name, &opts.agent) {
             ("banger-vsock-agent", Some(agent)) => agent.clone(),
+            // Running the installed banger (…/bin): its agent is in
+            // …/lib/banger, where a previous install put it.
+            ("banger-vsock-agent", None) if !source_dir.join(name).is_file() => source_dir
+                .parent()
+                .map(|p| p.join("lib/banger").join(name))
+                .filter(|p| p.is_file())
+                .unwrap_or_else(|| source_dir.join(name)),
             _ => source_dir.join(name),
         };
         if !src.is_file() {

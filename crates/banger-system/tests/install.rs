@@ -247,6 +247,23 @@ fn reinstall_upgrades_in_place_and_keeps_state() {
     assert_eq!(meta.version, "0.2.0");
 }
 
+/// `sudo banger system install` run from the installed banger finds the
+/// agent where the previous install put it.
+#[test]
+fn reinstall_from_the_installed_binaries_finds_the_agent() {
+    let f = Fixture::new();
+    let _l = f.listen();
+    install(&f.opts("0.1.0"), &RecordingSystemctl::new(), &ROOT).expect("install");
+    let mut o = f.opts("0.1.0");
+    o.source_dir = Some(f.p("/usr/local/bin"));
+    let report = install(&o, &RecordingSystemctl::new(), &ROOT).expect("reinstall");
+    assert!(report.upgraded);
+    assert_eq!(
+        fs::read(f.p("/usr/local/lib/banger/banger-vsock-agent")).expect("agent"),
+        fs::read(f.src.join("banger-vsock-agent")).expect("source agent")
+    );
+}
+
 #[test]
 fn refusals_change_nothing() {
     let f = Fixture::new();
