@@ -1,0 +1,280 @@
+//! The agent in a real Debian guest booted by the QEMU driver (TCG here), with
+//! vsock through `vhost-device-vsock`: the host client and readiness listener
+//! exactly as the daemon will use them. Needs root (the cached test guest is
+//! built with mmdebstrap), qemu-system-x86_64, vhost-device-vsock and debugfs;
+//! skips with a message otherwise. The guest has no network at all.
+//!
+//! Set BANGER_AGENT_BIN to test a specific agent build (e.g. the static one
+//! from scripts/build-agent-static); the default is this test build's binary
+//! (the host and the bookworm guest share glibc 2.36).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use banger_agent::{AgentClient, ReadinessListener};
+use banger_proto::agent::{ExecRequest, ExitStatus, READY_PORT, TtySize};
+use banger_vmm::{
+    KernelFiles, QemuDriver, Vmm, VmmConfig, VmmPreference, VmmSpec, VsockSpec, clone_disk,
+    select_vmm,
+};
+use tokio::io::AsyncReadExt;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn console_tail(p: &Path) -> String {
+    banger_testkit::tail_file(p, 60)
+}
+
+/// Copies the agent and its unit into the guest's ext4 image and enables it.
+fn install_agent(rootfs: &Path, agent_bin: &Path, dir: &Path) {
+    let unit = dir.join("unit.service");
+    std::fs::write(&unit, banger_agent::SYSTEMD_UNIT).expect("write unit");
+    let cmds = dir.join("debugfs.cmds");
+    let name = banger_agent::SYSTEMD_UNIT_NAME;
+    let script = format!(
+        "mkdir /usr/local/bin\n\
+         write {bin} {dest}\n\
+         sif {dest} mode 0100755\n\
+         write {unit} /etc/systemd/system/{name}\n\
+         symlink /etc/systemd/system/multi-user.target.wants/{name} /etc/systemd/system/{name}\n",
+        bin = agent_bin.display(),
+        dest = banger_agent::AGENT_INSTALL_PATH,
+        unit = unit.display(),
+    );
+    std::fs::write(&cmds, script).expect("write debugfs script");
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&cmds)
+        .arg(rootfs)
+        .output()
+        .expect("run debugfs");
+    assert!(out.status.success(), "debugfs: {}", String::from_utf8_lossy(&out.stderr));
+    let check = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("stat {}", banger_agent::AGENT_INSTALL_PATH))
+        .arg(rootfs)
+        .output()
+        .expect("run debugfs");
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(text.contains("Mode:  0755"), "agent not installed: {text}");
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_in_a_real_guest_over_vhost_device_vsock() {
+    if !banger_testkit::is_root() {
+        eprintln!("SKIP: the real-guest agent test needs root (to build the test guest)");
+        return;
+    }
+    if banger_testkit::which("debugfs").is_none() {
+        eprintln!("SKIP: debugfs not installed (apt-get install -y e2fsprogs)");
+        return;
+    }
+    let sel = match select_vmm(&VmmConfig {
+        preference: VmmPreference::Qemu,
+        ..Default::default()
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("SKIP: {e}");
+            return;
+        }
+    };
+    let Some(vhost) = sel.vhost_vsock_bin.clone() else {
+        eprintln!("SKIP: vhost-device-vsock not installed (cargo install vhost-device-vsock)");
+        return;
+    };
+    let guest = banger_testkit::test_guest().expect("build/reuse the test guest");
+    let agent_bin = std::env::var_os("BANGER_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_banger-vsock-agent")));
+    eprintln!("agent binary: {}", agent_bin.display());
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vm_dir = dir.path();
+    let root = vm_dir.join("root.ext4");
+    clone_disk(&guest.rootfs, &root).expect("clone root disk");
+    install_agent(&root, &agent_bin, vm_dir);
+
+    let mut driver = QemuDriver::new(sel.qemu_bin.clone().expect("qemu"), sel.accel, sel.tsc.khz);
+    driver.vhost_vsock_bin = Some(vhost);
+    let kernel = KernelFiles {
+        vmlinux: None,
+        vmlinuz: Some(guest.vmlinuz.clone()),
+        initrd: Some(guest.initrd.clone()),
+    };
+    let mut spec = VmmSpec::new("agent-test", vm_dir, kernel, &root);
+    spec.boot_args = guest.boot_args.clone();
+    let uds = vm_dir.join("v.sock");
+    spec.vsock = Some(VsockSpec {
+        guest_cid: 3,
+        uds_path: uds.clone(),
+    });
+    let console = spec.console_log.clone();
+
+    // Bound before the VMM starts, as the daemon does.
+    let ready = ReadinessListener::bind(&uds, READY_PORT).expect("bind readiness");
+    let t0 = Instant::now();
+    let mut vm = driver
+        .start(&spec)
+        .await
+        .unwrap_or_else(|e| panic!("start: {e}\nconsole:\n{}", console_tail(&console)));
+    let hello = match ready.wait(READY_TIMEOUT, "agent-test").await {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = driver.stop(&mut vm, Duration::from_secs(5)).await;
+            panic!("{e}\nconsole:\n{}", console_tail(&console));
+        }
+    };
+    let ready_after = t0.elapsed();
+    eprintln!("agent ready {ready_after:?} after VMM start: {hello:?}");
+
+    let result = tokio::time::timeout(Duration::from_secs(600), exercise(&uds, vm_dir)).await;
+    let failure = match result {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(_) => Some("timed out".to_string()),
+    };
+    if let Some(e) = failure {
+        let _ = driver.stop(&mut vm, Duration::from_secs(5)).await;
+        panic!("{e}\nconsole:\n{}", console_tail(&console));
+    }
+
+    // Clean shutdown through the agent: the VMM process exits on its own.
+    AgentClient::hybrid(&uds).shutdown().await.expect("shutdown");
+    let t = Instant::now();
+    while vm.is_alive() && t.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let powered_off = !vm.is_alive();
+    eprintln!("guest powered off by the agent: {powered_off} after {:?}", t.elapsed());
+    let out = driver.stop(&mut vm, Duration::from_secs(10)).await.expect("stop");
+    assert!(
+        powered_off,
+        "the guest did not power off after shutdown ({out:?}); console:\n{}",
+        console_tail(&console)
+    );
+}
+
+async fn exercise(uds: &Path, vm_dir: &Path) -> Result<(), String> {
+    let agent = AgentClient::hybrid(uds);
+    let e = |what: &str| {
+        let what = what.to_string();
+        move |err: banger_agent::AgentError| format!("{what}: {err}")
+    };
+
+    let out = agent
+        .exec_capture(&ExecRequest::new(["sh", "-c", "exit 5"]), b"")
+        .await
+        .map_err(e("exec exit 5"))?;
+    assert_eq!(out.status, ExitStatus::Exited { code: 5 });
+    let out = agent
+        .exec_capture(&ExecRequest::new(["no-such-command"]), b"")
+        .await
+        .map_err(e("exec missing"))?;
+    assert_eq!(out.status, ExitStatus::Exited { code: 127 });
+    let out = agent
+        .exec_capture(&ExecRequest::new(["sh", "-c", "kill -9 $$"]), b"")
+        .await
+        .map_err(e("exec kill"))?;
+    assert_eq!(out.status, ExitStatus::Signaled { signal: 9 });
+    let out = agent
+        .exec_capture(&ExecRequest::new(["cat"]), b"through the guest\n")
+        .await
+        .map_err(e("exec cat"))?;
+    assert_eq!(out.stdout, b"through the guest\n");
+    let mut req = ExecRequest::new(["tty"]);
+    req.tty = Some(TtySize { rows: 24, cols: 80 });
+    let out = agent.exec_capture(&req, b"").await.map_err(e("exec tty"))?;
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("/dev/pts/"), "{out:?}");
+
+    let mut rtts = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let out = agent
+            .exec_capture(&ExecRequest::new(["true"]), b"")
+            .await
+            .map_err(e("exec true"))?;
+        assert!(out.status.success());
+        rtts.push(t.elapsed());
+    }
+    eprintln!("exec true round trip: median {:?} (10 runs)", median(rtts));
+    let offset = agent.sync_time().await.map_err(e("sync_time"))?;
+    eprintln!("guest clock offset before sync: {offset} ms");
+
+    // 20,000 files.
+    let src = vm_dir.join("tree");
+    for d in 0..200 {
+        let dd = src.join(format!("d{d:03}"));
+        std::fs::create_dir_all(&dd).map_err(|x| x.to_string())?;
+        for f in 0..100 {
+            let mut file = std::fs::File::create(dd.join(format!("f{f:03}"))).map_err(|x| x.to_string())?;
+            writeln!(file, "{d}/{f}").map_err(|x| x.to_string())?;
+        }
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_dir_all(".", &src).map_err(|x| x.to_string())?;
+    let tarball = b.into_inner().map_err(|x| x.to_string())?;
+    let t = Instant::now();
+    let s = agent.upload_tar(&tarball[..], "/root/repo").await.map_err(e("upload"))?;
+    let took = t.elapsed();
+    eprintln!(
+        "uploaded {} entries ({:.1} MiB of tar) in {took:?} ({:.1} MiB/s)",
+        s.entries,
+        tarball.len() as f64 / 1048576.0,
+        tarball.len() as f64 / 1048576.0 / took.as_secs_f64()
+    );
+    let out = agent
+        .exec_capture(
+            &ExecRequest::new(["sh", "-c", "find /root/repo -type f | wc -l; cat /root/repo/d123/f045"]),
+            b"",
+        )
+        .await
+        .map_err(e("count"))?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "20000\n123/45\n");
+
+    // A hostile entry is refused by the guest too.
+    let mut hostile = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(0);
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_cksum();
+    hostile
+        .append_link(&mut h, "etc-link", "/etc")
+        .map_err(|x| x.to_string())?;
+    let mut h = tar::Header::new_gnu();
+    h.set_size(5);
+    h.set_mode(0o644);
+    hostile
+        .append_data(&mut h, "etc-link/pwned", &b"pwned"[..])
+        .map_err(|x| x.to_string())?;
+    let hostile = hostile.into_inner().map_err(|x| x.to_string())?;
+    let err = agent
+        .upload_tar(&hostile[..], "/root/hostile")
+        .await
+        .expect_err("hostile upload must fail");
+    assert!(err.to_string().contains("symlink"), "{err}");
+    let out = agent
+        .exec_capture(&ExecRequest::new(["test", "-e", "/etc/pwned"]), b"")
+        .await
+        .map_err(e("check pwned"))?;
+    assert_eq!(out.status, ExitStatus::Exited { code: 1 }, "/etc/pwned exists");
+
+    // Download round trip.
+    let t = Instant::now();
+    let mut stream = agent.download("/root/repo/d007").await.map_err(e("download"))?;
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).await.map_err(|x| x.to_string())?;
+    let dest = vm_dir.join("back");
+    tar::Archive::new(&back[..]).unpack(&dest).map_err(|x| x.to_string())?;
+    assert_eq!(std::fs::read_to_string(dest.join("d007/f099")).map_err(|x| x.to_string())?, "7/99\n");
+    eprintln!("downloaded a 100-file directory in {:?}", t.elapsed());
+    Ok(())
+}
