@@ -200,3 +200,48 @@ fn build(dir: &Path) -> Result<(), GuestError> {
     fs::remove_dir_all(&overlay).map_err(io("remove overlay"))?;
     Ok(())
 }
+
+/// Extracts the ELF `vmlinux` from a compressed kernel (`vmlinuz`/bzImage), like the
+/// kernel's `scripts/extract-vmlinux`: finds a compression magic, decompresses from there
+/// with the matching tool, and keeps the first result that is an ELF file. Firecracker
+/// boots only ELF kernels.
+pub fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<(), GuestError> {
+    use std::io::Write;
+    let data = fs::read(bzimage).map_err(io(format!("read {}", bzimage.display())))?;
+    let formats: &[(&[u8], &'static str, &'static str)] = &[
+        (&[0x28, 0xb5, 0x2f, 0xfd], "zstd", "zstd"),
+        (&[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00], "xz", "xz-utils"),
+        (&[0x1f, 0x8b, 0x08], "gzip", "gzip"),
+        (&[0x02, 0x21, 0x4c, 0x18], "lz4", "lz4"),
+    ];
+    for (magic, tool, package) in formats {
+        let offsets: Vec<usize> = data.windows(magic.len()).enumerate().filter(|(_, w)| w == magic).map(|(i, _)| i).take(8).collect();
+        if offsets.is_empty() {
+            continue;
+        }
+        let program = crate::which(tool).ok_or(GuestError::MissingTool(tool, package))?;
+        for off in offsets {
+            let mut child = Command::new(&program)
+                .arg("-dc")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(io(format!("run {tool}")))?;
+            let mut stdin = child.stdin.take().ok_or_else(|| io("stdin")(std::io::Error::other("no stdin")))?;
+            let payload = data[off..].to_vec();
+            // Feed from a thread: the decompressor's stdout must be drained concurrently.
+            let feeder = std::thread::spawn(move || {
+                let _ = stdin.write_all(&payload);
+            });
+            let output = child.wait_with_output().map_err(io(format!("run {tool}")))?;
+            let _ = feeder.join();
+            // Trailing bytes after the stream make tools exit non-zero; the ELF check decides.
+            if output.stdout.starts_with(b"\x7fELF") {
+                fs::write(out, &output.stdout).map_err(io(format!("write {}", out.display())))?;
+                return Ok(());
+            }
+        }
+    }
+    Err(GuestError::NoKernel("ELF payload inside the compressed kernel"))
+}

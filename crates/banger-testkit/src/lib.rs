@@ -10,7 +10,7 @@ pub mod fake;
 pub mod guest;
 pub mod openapi;
 
-pub use guest::{GuestError, TestGuest, test_guest};
+pub use guest::{GuestError, TestGuest, extract_vmlinux, test_guest};
 
 use std::path::{Path, PathBuf};
 

@@ -40,3 +40,19 @@ fn test_guest_has_kernel_initrd_and_clean_ext4_rootfs() {
         }
     }
 }
+
+#[test]
+fn vmlinux_can_be_extracted_from_the_guest_kernel_for_firecracker() {
+    if !banger_testkit::is_root() || banger_testkit::which("mmdebstrap").is_none() {
+        eprintln!("SKIP: building the test guest needs root and mmdebstrap");
+        return;
+    }
+    let guest = banger_testkit::test_guest().expect("build test guest");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("vmlinux");
+    banger_testkit::extract_vmlinux(&guest.vmlinuz, &out).expect("extract vmlinux");
+    let elf = std::fs::read(&out).expect("read vmlinux");
+    assert_eq!(&elf[..4], b"\x7fELF");
+    assert_eq!(elf[4], 2, "64-bit ELF");
+    assert!(elf.len() > std::fs::metadata(&guest.vmlinuz).expect("meta").len() as usize);
+}
