@@ -9,6 +9,7 @@
 //! image-tool serve DIR PORT                   (127.0.0.1 only; Ctrl-C to stop)
 //! image-tool pull NAME --catalog FILE --store DIR
 //! image-tool vmlinux BZIMAGE OUT
+//! image-tool write IMAGE GUEST_PATH HOST_FILE OCTAL_PERM   (debugfs, no mount)
 //! ```
 //! Each prints one JSON object with what it did and how long it took.
 
@@ -138,8 +139,21 @@ fn run(args: Vec<String>) -> Result<serde_json::Value, String> {
                 serde_json::json!({ "compression": v.compression, "pvh": v.pvh, "bytes": v.elf.len() }),
             )
         }
+        "write" => {
+            let [img, guest, host, perm] = rest else {
+                return Err("usage: image-tool write IMAGE GUEST_PATH HOST_FILE OCTAL_PERM".into());
+            };
+            let contents = std::fs::read(host).map_err(|x| format!("{host}: {x}"))?;
+            let perm = u32::from_str_radix(perm, 8).map_err(|_| "bad OCTAL_PERM")?;
+            banger_image::ext4::write_files(
+                img.as_ref(),
+                &[banger_image::GuestEntry::file(guest.clone(), contents, perm)],
+            )
+            .map_err(e)?;
+            Ok(serde_json::json!({ "written": guest }))
+        }
         _ => Err(
-            "usage: image-tool build|keygen|bundle|serve|pull|vmlinux … (see the source header)"
+            "usage: image-tool build|keygen|bundle|serve|pull|vmlinux|write … (see the source header)"
                 .into(),
         ),
     }

@@ -155,6 +155,8 @@ const MINIMAL_MASKS: &[&str] = &[
     "proc-sys-fs-binfmt_misc.mount",
     "systemd-binfmt.service",
     "systemd-logind.service",
+    // Starts gettys on tty2-6 when dbus/logind are absent: no VTs here.
+    "getty-static.service",
     "dbus.service",
     "dbus.socket",
 ];

@@ -99,6 +99,29 @@ fn u64_at(b: &[u8], off: usize) -> Option<u64> {
     })
 }
 
+/// The version string a bzImage carries in its setup header (boot protocol
+/// ≥ 2.00: `kernel_version` at 0x20e points, relative to 0x200, at a NUL
+/// terminated string such as "6.1.0-28-cloud-amd64 (debian-kernel@…) #1 …").
+/// Returns the first word, i.e. what `uname -r` says. For `kernel register`.
+pub fn bzimage_version(bzimage: &Path) -> Result<String> {
+    let data = fs::read(bzimage).ctx("read", bzimage)?;
+    if data.get(0x202..0x206) != Some(b"HdrS".as_slice()) {
+        return Err(kerr(bzimage, "not a bzImage (no HdrS setup header)"));
+    }
+    let ptr = u16_at(&data, 0x20e).unwrap_or(0) as usize;
+    let start = ptr + 0x200;
+    let text = data
+        .get(start..)
+        .filter(|_| ptr != 0)
+        .and_then(|t| t.split(|b| *b == 0).next())
+        .map(|t| String::from_utf8_lossy(t).into_owned())
+        .ok_or_else(|| kerr(bzimage, "no kernel_version string in the setup header"))?;
+    text.split_whitespace()
+        .next()
+        .map(str::to_string)
+        .ok_or_else(|| kerr(bzimage, "empty kernel_version string"))
+}
+
 /// Extract the ELF kernel from a bzImage: the setup header (boot protocol
 /// ≥ 2.08) gives the compressed payload's offset and length; the payload is
 /// gzip, xz, zstd or lzma.

@@ -70,6 +70,11 @@ fn real_debian_kernel_if_present() {
         return;
     };
     let v = kernel::extract_vmlinux(bz).expect("extract real kernel");
+    let version = kernel::bzimage_version(bz).expect("version string");
+    assert!(
+        version.starts_with(|c: char| c.is_ascii_digit()),
+        "{version}"
+    );
     assert_eq!(&v.elf[..4], b"\x7fELF");
     eprintln!(
         "{}: {:?}, pvh={}, {} bytes",
