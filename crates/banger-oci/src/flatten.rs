@@ -104,6 +104,8 @@ pub struct Flattener {
     limits: Limits,
     meta: BTreeMap<String, Meta>,
     total: u64,
+    /// Bytes declared by entry headers in the layer being applied.
+    in_layer: u64,
     entries: u64,
 }
 
@@ -125,6 +127,7 @@ impl Flattener {
             limits,
             meta,
             total: 0,
+            in_layer: 0,
             entries: 0,
         })
     }
@@ -166,6 +169,7 @@ impl Flattener {
             over: false,
         };
         let mut stats = LayerStats::default();
+        self.in_layer = 0;
         let mut current: HashSet<String> = HashSet::new();
         let result = (|| -> Result<()> {
             {
@@ -282,6 +286,13 @@ impl Flattener {
             return Err(hostile(format!(
                 "entry is {size} bytes, over the {} byte per-entry cap",
                 self.limits.max_entry_size
+            )));
+        }
+        self.in_layer = self.in_layer.saturating_add(size);
+        if self.total.saturating_add(self.in_layer) > self.limits.max_total_size {
+            return Err(hostile(format!(
+                "entry of {size} bytes would take the image past the {} byte total size cap",
+                self.limits.max_total_size
             )));
         }
         let disk = self.root.join(&rel);
