@@ -7,4 +7,5 @@ mod ext4;
 mod kernel;
 mod pull;
 mod server;
+mod store;
 mod support;
