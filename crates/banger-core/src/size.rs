@@ -46,14 +46,12 @@ pub fn format_size(bytes: u64) -> String {
     const UNITS: [(&str, u32); 4] = [("T", 40), ("G", 30), ("M", 20), ("K", 10)];
     for (unit, shift) in UNITS {
         let m = 1u64 << shift;
-        if bytes >= m && bytes.is_multiple_of(m) {
-            return format!("{}{unit}", bytes / m);
-        }
-    }
-    for (unit, shift) in UNITS {
-        let m = 1u64 << shift;
         if bytes >= m {
-            return format!("{:.1}{unit}", bytes as f64 / m as f64);
+            return if bytes.is_multiple_of(m) {
+                format!("{}{unit}", bytes / m)
+            } else {
+                format!("{:.1}{unit}", bytes as f64 / m as f64)
+            };
         }
     }
     format!("{bytes}B")
@@ -98,7 +96,8 @@ mod tests {
         for s in ["16G", "512M", "1T", "3K"] {
             assert_eq!(format_size(parse_size(s).unwrap()), s);
         }
-        assert_eq!(format_size(3 << 29), "1536M");
-        assert_eq!(format_size((3 << 29) + 1), "1.5G");
+        assert_eq!(format_size(3 << 29), "1.5G");
+        assert_eq!(format_size(332_468_224), "317.1M");
+        assert_eq!(format_size(512), "512B");
     }
 }

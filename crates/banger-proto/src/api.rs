@@ -238,6 +238,24 @@ pub struct BuildImageRequest {
     pub mirror: Option<String>,
 }
 
+/// Body of `POST /v1/images/register`: an existing rootfs.ext4 on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterImageRequest {
+    pub name: String,
+    /// Absolute path of an ext4 root filesystem the daemon can read.
+    pub rootfs: String,
+    /// A registered kernel's name.
+    pub kernel: String,
+}
+
+/// Body of `POST /v1/kernels/register`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterKernelRequest {
+    pub name: String,
+    pub vmlinuz: String,
+    pub initrd: Option<String>,
+}
+
 /// A registered guest kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelInfo {

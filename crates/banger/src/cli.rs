@@ -339,12 +339,9 @@ pub struct KernelRegisterArgs {
     /// Compressed kernel (bzImage), booted by the qemu driver.
     #[arg(long)]
     pub vmlinuz: PathBuf,
-    /// Initial ramdisk.
+    /// Initial ramdisk. The ELF vmlinux Firecracker boots is extracted from vmlinuz.
     #[arg(long)]
     pub initrd: PathBuf,
-    /// Uncompressed ELF kernel, booted by Firecracker (extracted from vmlinuz when omitted).
-    #[arg(long)]
-    pub vmlinux: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

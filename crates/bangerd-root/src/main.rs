@@ -80,8 +80,10 @@ fn run(args: Args) -> Result<()> {
         );
     }
     if args.owner_uid == 0 {
-        bail!(
-            "--owner-uid 0: the owner daemon must not run as root; pass the uid of the user that runs bangerd"
+        // Allowed for hosts where everything runs as root (containers, CI):
+        // the split then buys nothing, so say so instead of refusing.
+        tracing::warn!(
+            "--owner-uid 0: the owner daemon runs as root, so the privilege split gives no protection; use a normal user's uid where you can"
         );
     }
     let listener = bind(&args.socket, args.owner_uid)?;

@@ -10,6 +10,12 @@ use crate::cli::{ImageCommand, KernelCommand};
 use crate::client::Client;
 use crate::output;
 
+/// The daemon resolves paths itself; relative ones would mean its cwd.
+fn absolute(p: &std::path::Path) -> anyhow::Result<String> {
+    let abs = std::fs::canonicalize(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+    Ok(abs.display().to_string())
+}
+
 fn short_digest(d: &str) -> String {
     let hex = d.strip_prefix("sha256:").unwrap_or(d);
     hex.chars().take(12).collect()
@@ -65,9 +71,45 @@ pub async fn run_image(client: &Client, c: ImageCommand) -> anyhow::Result<ExitC
             println!("deleted image {}", i.name);
         }
         ImageCommand::Pull(_) => bail!("`banger image pull` is not available in this build yet"),
-        ImageCommand::Build(_) => bail!("`banger image build` is not available in this build yet"),
-        ImageCommand::Register(_) => {
-            bail!("`banger image register` is not available in this build yet")
+        ImageCommand::Build(a) => {
+            let profile = match a.profile {
+                crate::cli::Profile::Full => "full",
+                crate::cli::Profile::Minimal => "minimal",
+            };
+            eprintln!(
+                "building image {} (profile {profile}) with mmdebstrap; this takes a few minutes",
+                a.name
+            );
+            let i: ImageInfo = client
+                .post(
+                    "/v1/images/build",
+                    &banger_proto::BuildImageRequest {
+                        name: a.name,
+                        profile: profile.into(),
+                        mirror: a.mirror,
+                    },
+                )
+                .await?;
+            println!(
+                "built image {} ({}, {})",
+                i.name,
+                short_digest(&i.digest),
+                format_size(i.size_bytes)
+            );
+        }
+        ImageCommand::Register(a) => {
+            let rootfs = absolute(&a.rootfs)?;
+            let i: ImageInfo = client
+                .post(
+                    "/v1/images/register",
+                    &banger_proto::RegisterImageRequest {
+                        name: a.name,
+                        rootfs,
+                        kernel: a.kernel,
+                    },
+                )
+                .await?;
+            println!("registered image {} ({})", i.name, short_digest(&i.digest));
         }
         ImageCommand::Bundle(_) => {
             bail!("`banger image bundle` is not available in this build yet")
@@ -108,8 +150,22 @@ pub async fn run_kernel(client: &Client, c: KernelCommand) -> anyhow::Result<Exi
             println!("deleted kernel {}", k.name);
         }
         KernelCommand::Pull(_) => bail!("`banger kernel pull` is not available in this build yet"),
-        KernelCommand::Register(_) => {
-            bail!("`banger kernel register` is not available in this build yet")
+        KernelCommand::Register(a) => {
+            let k: KernelInfo = client
+                .post(
+                    "/v1/kernels/register",
+                    &banger_proto::RegisterKernelRequest {
+                        name: a.name,
+                        vmlinuz: absolute(&a.vmlinuz)?,
+                        initrd: Some(absolute(&a.initrd)?),
+                    },
+                )
+                .await?;
+            println!(
+                "registered kernel {} (vmlinux: {})",
+                k.name,
+                if k.has_vmlinux { "yes" } else { "no" }
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -5,13 +5,14 @@ mod image;
 mod run;
 mod ssh;
 mod ssh_config;
+mod system;
 mod vm;
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::{Cli, Command, SystemCommand};
+use crate::cli::{Cli, Command};
 use crate::client::Client;
 use crate::output;
 
@@ -29,7 +30,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Vm(c) => block_on(vm::run(&client, c)),
         Command::Image(c) => block_on(image::run_image(&client, c)),
         Command::Kernel(c) => block_on(image::run_kernel(&client, c)),
-        Command::System(c) => system(c),
+        Command::System(c) => system::run(c),
     }
 }
 
@@ -109,15 +110,4 @@ fn block_on_value<T>(f: impl std::future::Future<Output = T>) -> T {
         Ok(rt) => rt.block_on(f),
         Err(e) => panic!("cannot start the async runtime: {e}"),
     }
-}
-
-fn system(c: SystemCommand) -> anyhow::Result<ExitCode> {
-    let what = match c {
-        SystemCommand::Install(_) => "system install",
-        SystemCommand::Status(_) => "system status",
-        SystemCommand::Restart => "system restart",
-        SystemCommand::Uninstall(_) => "system uninstall",
-        SystemCommand::Run(_) => "system run",
-    };
-    anyhow::bail!("`banger {what}` is not available in this build yet")
 }

@@ -3,7 +3,10 @@
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use banger_proto::{BuildImageRequest, ImageInfo, KernelInfo};
+use banger_proto::{
+    BuildImageRequest, ErrorKind, ImageInfo, KernelInfo, RegisterImageRequest,
+    RegisterKernelRequest,
+};
 use banger_store::{ImageRecord, KernelRecord};
 
 use super::{ApiErr, ApiJson, ApiResult, AppState};
@@ -12,6 +15,8 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/images", get(list_images))
         .route("/v1/images/build", post(build_image))
+        .route("/v1/images/register", post(register_image))
+        .route("/v1/kernels/register", post(register_kernel))
         .route("/v1/images/{name}", get(show_image).delete(delete_image))
         .route("/v1/kernels", get(list_kernels))
         .route("/v1/kernels/{name}", get(show_kernel).delete(delete_kernel))
@@ -52,6 +57,110 @@ async fn build_image(
         }
     };
     let (img, _) = d.build_image(req.name, profile, req.mirror).await?;
+    Ok(Json(image_info(img)))
+}
+
+fn absolute(p: &str, what: &str) -> Result<std::path::PathBuf, ApiErr> {
+    let path = std::path::PathBuf::from(p);
+    if !path.is_absolute() {
+        return Err(ApiErr::bad_request(format!(
+            "{what} {p:?} must be an absolute path"
+        )));
+    }
+    if !path.is_file() {
+        return Err(ApiErr::bad_request(format!(
+            "{what} {p:?} is not a readable file"
+        )));
+    }
+    Ok(path)
+}
+
+async fn register_kernel(
+    State(d): State<AppState>,
+    ApiJson(req): ApiJson<RegisterKernelRequest>,
+) -> ApiResult<KernelInfo> {
+    banger_core::names::validate_kernel_name(&req.name)?;
+    if d.store.get_kernel(&req.name).is_ok() {
+        return Err(ApiErr::new(
+            ErrorKind::Conflict,
+            format!(
+                "a kernel named {:?} already exists; delete it first",
+                req.name
+            ),
+        ));
+    }
+    let vmlinuz = absolute(&req.vmlinuz, "vmlinuz")?;
+    let initrd = req
+        .initrd
+        .as_deref()
+        .map(|p| absolute(p, "initrd"))
+        .transpose()?;
+    let dd = d.clone();
+    let name = req.name.clone();
+    let k = tokio::task::spawn_blocking(move || {
+        banger_image::store::install_kernel(
+            &dd.paths.kernels_dir(),
+            &name,
+            "unknown",
+            &vmlinuz,
+            initrd.as_deref(),
+        )
+    })
+    .await
+    .map_err(ApiErr::internal)?
+    .map_err(|e| ApiErr::bad_request(format!("cannot register kernel {}: {e}", req.name)))?;
+    let rec = KernelRecord {
+        name: k.name.clone(),
+        version: k.version.clone(),
+        dir: d.paths.kernels_dir().join(&k.name).display().to_string(),
+        has_vmlinux: k.has_vmlinux,
+        pvh: k.pvh,
+        created_at: 0,
+    };
+    d.store.insert_kernel(&rec)?;
+    Ok(Json(kernel_info(d.store.get_kernel(&rec.name)?)))
+}
+
+async fn register_image(
+    State(d): State<AppState>,
+    ApiJson(req): ApiJson<RegisterImageRequest>,
+) -> ApiResult<ImageInfo> {
+    banger_core::names::validate_image_name(&req.name)?;
+    if d.store.get_image(&req.name).is_ok() {
+        return Err(ApiErr::new(
+            ErrorKind::Conflict,
+            format!(
+                "an image named {:?} already exists; delete it first",
+                req.name
+            ),
+        ));
+    }
+    let kernel = d.store.get_kernel(&req.kernel)?;
+    let rootfs = absolute(&req.rootfs, "rootfs")?;
+    let manifest = banger_image::store::ImageManifest {
+        name: req.name.clone(),
+        version: "registered".into(),
+        arch: "x86_64".into(),
+        sha256: String::new(),
+        size: banger_image::FileSize {
+            apparent: 0,
+            allocated: 0,
+        },
+        kernel: kernel.name.clone(),
+        boot_args: String::new(),
+        source: format!("register:{}", rootfs.display()),
+        created: 0,
+    };
+    let dd = d.clone();
+    let img = tokio::task::spawn_blocking(move || {
+        banger_image::store::register_image(&dd.paths.images_dir(), &rootfs, manifest)
+    })
+    .await
+    .map_err(ApiErr::internal)?
+    .map_err(|e| ApiErr::bad_request(format!("cannot register image {}: {e}", req.name)))?;
+    let kernel_rec = banger_image::kernel::KernelRecord::load(std::path::Path::new(&kernel.dir))
+        .map_err(ApiErr::internal)?;
+    let (img, _) = d.register_files(&req.name, "register", &img, &kernel_rec)?;
     Ok(Json(image_info(img)))
 }
 
