@@ -7,6 +7,7 @@
 //! The entry's own final component is never followed either: an existing
 //! symlink there is replaced, not written through.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
@@ -74,14 +75,29 @@ pub fn contained_relative(raw: &Path) -> Result<PathBuf, UnpackError> {
 
 /// Refuses if any directory between `root` and `root/rel` (exclusive of the
 /// final component) is a symlink or not a directory.
-fn check_ancestors(root: &Path, rel: &Path, raw: &Path) -> Result<(), UnpackError> {
+///
+/// `known` holds directories (relative) already verified or created as real
+/// directories during this upload; they are not `lstat`ed again. That is
+/// sound because no later entry can turn a directory into anything else:
+/// [`clear_final`] refuses to replace a directory.
+fn check_ancestors(
+    root: &Path,
+    rel: &Path,
+    raw: &Path,
+    known: &HashSet<PathBuf>,
+) -> Result<(), UnpackError> {
     let mut cur = root.to_path_buf();
+    let mut rel_cur = PathBuf::new();
     let mut comps = rel.components().peekable();
     while let Some(c) = comps.next() {
         if comps.peek().is_none() {
             break;
         }
         cur.push(c);
+        rel_cur.push(c);
+        if known.contains(&rel_cur) {
+            continue;
+        }
         match fs::symlink_metadata(&cur) {
             Ok(m) if m.file_type().is_symlink() => {
                 return Err(UnpackError::rejected(
@@ -146,6 +162,7 @@ pub fn unpack_contained<R: Read>(reader: R, target: &Path) -> Result<UploadSumma
     // the caller's choice); containment is enforced below it.
     let root = target.canonicalize().map_err(target_err)?;
     let mut archive = tar::Archive::new(reader);
+    let mut known_dirs: HashSet<PathBuf> = HashSet::new();
     let mut summary = UploadSummary {
         entries: 0,
         bytes: 0,
@@ -173,10 +190,20 @@ pub fn unpack_contained<R: Read>(reader: R, target: &Path) -> Result<UploadSumma
                 "a non-directory entry names the target directory itself",
             ));
         }
-        check_ancestors(&root, &rel, &raw)?;
+        check_ancestors(&root, &rel, &raw, &known_dirs)?;
         let dest = root.join(&rel);
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).map_err(write_err)?;
+        if let Some(parent) = rel.parent()
+            && !parent.as_os_str().is_empty()
+            && !known_dirs.contains(parent)
+        {
+            // Ancestors were just checked: none is a symlink, so this
+            // creates (or finds) real directories only.
+            fs::create_dir_all(root.join(parent)).map_err(write_err)?;
+            for a in parent.ancestors() {
+                if a.as_os_str().is_empty() || !known_dirs.insert(a.to_path_buf()) {
+                    break;
+                }
+            }
         }
         entry.set_preserve_permissions(true);
         entry.set_preserve_mtime(true);
@@ -188,6 +215,7 @@ pub fn unpack_contained<R: Read>(reader: R, target: &Path) -> Result<UploadSumma
                     Err(_) => {}
                 }
                 entry.unpack(&dest).map_err(write_err)?;
+                known_dirs.insert(rel.clone());
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 clear_final(&dest, &raw)?;
@@ -215,7 +243,7 @@ pub fn unpack_contained<R: Read>(reader: R, target: &Path) -> Result<UploadSumma
                         ),
                     )
                 })?;
-                check_ancestors(&root, &link_rel, &link)?;
+                check_ancestors(&root, &link_rel, &link, &known_dirs)?;
                 clear_final(&dest, &raw)?;
                 // linkat without AT_SYMLINK_FOLLOW: a symlink source is
                 // linked itself, not followed.

@@ -51,7 +51,11 @@ fn install_agent(rootfs: &Path, agent_bin: &Path, dir: &Path) {
         .arg(rootfs)
         .output()
         .expect("run debugfs");
-    assert!(out.status.success(), "debugfs: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "debugfs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let check = Command::new("debugfs")
         .arg("-R")
         .arg(format!("stat {}", banger_agent::AGENT_INSTALL_PATH))
@@ -148,14 +152,23 @@ async fn agent_in_a_real_guest_over_vhost_device_vsock() {
     }
 
     // Clean shutdown through the agent: the VMM process exits on its own.
-    AgentClient::hybrid(&uds).shutdown().await.expect("shutdown");
+    AgentClient::hybrid(&uds)
+        .shutdown()
+        .await
+        .expect("shutdown");
     let t = Instant::now();
     while vm.is_alive() && t.elapsed() < Duration::from_secs(120) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let powered_off = !vm.is_alive();
-    eprintln!("guest powered off by the agent: {powered_off} after {:?}", t.elapsed());
-    let out = driver.stop(&mut vm, Duration::from_secs(10)).await.expect("stop");
+    eprintln!(
+        "guest powered off by the agent: {powered_off} after {:?}",
+        t.elapsed()
+    );
+    let out = driver
+        .stop(&mut vm, Duration::from_secs(10))
+        .await
+        .expect("stop");
     assert!(
         powered_off,
         "the guest did not power off after shutdown ({out:?}); console:\n{}",
@@ -193,7 +206,10 @@ async fn exercise(uds: &Path, vm_dir: &Path) -> Result<(), String> {
     let mut req = ExecRequest::new(["tty"]);
     req.tty = Some(TtySize { rows: 24, cols: 80 });
     let out = agent.exec_capture(&req, b"").await.map_err(e("exec tty"))?;
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("/dev/pts/"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("/dev/pts/"),
+        "{out:?}"
+    );
 
     let mut rtts = Vec::new();
     for _ in 0..10 {
@@ -215,7 +231,8 @@ async fn exercise(uds: &Path, vm_dir: &Path) -> Result<(), String> {
         let dd = src.join(format!("d{d:03}"));
         std::fs::create_dir_all(&dd).map_err(|x| x.to_string())?;
         for f in 0..100 {
-            let mut file = std::fs::File::create(dd.join(format!("f{f:03}"))).map_err(|x| x.to_string())?;
+            let mut file =
+                std::fs::File::create(dd.join(format!("f{f:03}"))).map_err(|x| x.to_string())?;
             writeln!(file, "{d}/{f}").map_err(|x| x.to_string())?;
         }
     }
@@ -223,7 +240,10 @@ async fn exercise(uds: &Path, vm_dir: &Path) -> Result<(), String> {
     b.append_dir_all(".", &src).map_err(|x| x.to_string())?;
     let tarball = b.into_inner().map_err(|x| x.to_string())?;
     let t = Instant::now();
-    let s = agent.upload_tar(&tarball[..], "/root/repo").await.map_err(e("upload"))?;
+    let s = agent
+        .upload_tar(&tarball[..], "/root/repo")
+        .await
+        .map_err(e("upload"))?;
     let took = t.elapsed();
     eprintln!(
         "uploaded {} entries ({:.1} MiB of tar) in {took:?} ({:.1} MiB/s)",
@@ -233,12 +253,28 @@ async fn exercise(uds: &Path, vm_dir: &Path) -> Result<(), String> {
     );
     let out = agent
         .exec_capture(
-            &ExecRequest::new(["sh", "-c", "find /root/repo -type f | wc -l; cat /root/repo/d123/f045"]),
+            &ExecRequest::new([
+                "sh",
+                "-c",
+                "find /root/repo -type f | wc -l; cat /root/repo/d123/f045",
+            ]),
             b"",
         )
         .await
         .map_err(e("count"))?;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "20000\n123/45\n");
+
+    // Baseline: the same tar through exec's stdin into the guest's own tar.
+    let t = Instant::now();
+    let out = agent
+        .exec_capture(
+            &ExecRequest::new(["sh", "-c", "mkdir -p /root/repo2 && tar -C /root/repo2 -xf -"]),
+            &tarball,
+        )
+        .await
+        .map_err(e("tar via exec"))?;
+    assert!(out.status.success(), "{out:?}");
+    eprintln!("same tar through `exec tar -x` stdin: {:?}", t.elapsed());
 
     // A hostile entry is refused by the guest too.
     let mut hostile = tar::Builder::new(Vec::new());
@@ -265,16 +301,31 @@ async fn exercise(uds: &Path, vm_dir: &Path) -> Result<(), String> {
         .exec_capture(&ExecRequest::new(["test", "-e", "/etc/pwned"]), b"")
         .await
         .map_err(e("check pwned"))?;
-    assert_eq!(out.status, ExitStatus::Exited { code: 1 }, "/etc/pwned exists");
+    assert_eq!(
+        out.status,
+        ExitStatus::Exited { code: 1 },
+        "/etc/pwned exists"
+    );
 
     // Download round trip.
     let t = Instant::now();
-    let mut stream = agent.download("/root/repo/d007").await.map_err(e("download"))?;
+    let mut stream = agent
+        .download("/root/repo/d007")
+        .await
+        .map_err(e("download"))?;
     let mut back = Vec::new();
-    stream.read_to_end(&mut back).await.map_err(|x| x.to_string())?;
+    stream
+        .read_to_end(&mut back)
+        .await
+        .map_err(|x| x.to_string())?;
     let dest = vm_dir.join("back");
-    tar::Archive::new(&back[..]).unpack(&dest).map_err(|x| x.to_string())?;
-    assert_eq!(std::fs::read_to_string(dest.join("d007/f099")).map_err(|x| x.to_string())?, "7/99\n");
+    tar::Archive::new(&back[..])
+        .unpack(&dest)
+        .map_err(|x| x.to_string())?;
+    assert_eq!(
+        std::fs::read_to_string(dest.join("d007/f099")).map_err(|x| x.to_string())?,
+        "7/99\n"
+    );
     eprintln!("downloaded a 100-file directory in {:?}", t.elapsed());
     Ok(())
 }
