@@ -26,11 +26,8 @@ fn main() {
             );
         }
     };
-    let mut opts = banger_oci::PullOptions::new(
-        PathBuf::from(&args[2]),
-        PathBuf::from(&args[3]),
-        "default",
-    );
+    let mut opts =
+        banger_oci::PullOptions::new(PathBuf::from(&args[2]), PathBuf::from(&args[3]), "default");
     opts.progress = Some(&mut progress);
     match banger_oci::pull_to_ext4(&args[1], opts) {
         Ok(p) => {

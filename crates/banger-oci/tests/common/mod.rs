@@ -432,3 +432,173 @@ pub fn walk(image: &Path) -> BTreeMap<String, Node> {
     }
     out
 }
+
+/// How [`AuthProxy`] guards the registry behind it.
+#[derive(Clone, Debug)]
+pub enum Guard {
+    /// `401 WWW-Authenticate: Basic`; needs `Basic base64(user:pass)`.
+    Basic { user: String, pass: String },
+    /// `401 WWW-Authenticate: Bearer realm=<proxy>/token…`; the token
+    /// endpoint wants basic credentials when `creds` is set, else serves
+    /// anyone (Docker Hub's anonymous pulls).
+    Bearer { creds: Option<(String, String)> },
+}
+
+/// A named fake: an auth front (token server + reverse proxy) on
+/// 127.0.0.1 in front of the real registry, which has no auth of its own.
+pub struct AuthProxy {
+    pub addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Authorization headers the token endpoint saw.
+    pub token_requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const TOKEN: &str = "tok-0123456789";
+
+fn basic(user: &str, pass: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    )
+}
+
+impl AuthProxy {
+    pub fn start(upstream: &str, guard: Guard) -> AuthProxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let token_requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, t, up, a) = (
+            stop.clone(),
+            token_requests.clone(),
+            upstream.to_string(),
+            addr.clone(),
+        );
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let (g, t, up, a) = (guard.clone(), t.clone(), up.clone(), a.clone());
+                        std::thread::spawn(move || {
+                            let _ = serve(conn, &g, &t, &up, &a);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        AuthProxy {
+            addr,
+            stop,
+            token_requests,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for AuthProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(
+    mut conn: std::net::TcpStream,
+    guard: &Guard,
+    tokens: &std::sync::Mutex<Vec<String>>,
+    upstream: &str,
+    me: &str,
+) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader, Read};
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut headers = Vec::new();
+    loop {
+        let mut l = String::new();
+        reader.read_line(&mut l)?;
+        if l.trim().is_empty() {
+            break;
+        }
+        headers.push(l.trim().to_string());
+    }
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .to_string();
+    let header = |name: &str| {
+        headers.iter().find_map(|h| {
+            let (k, v) = h.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let auth = header("authorization").unwrap_or_default();
+    let reply = |conn: &mut std::net::TcpStream, status: &str, extra: &str, body: &str| {
+        write!(
+            conn,
+            "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    if path.starts_with("/token") {
+        tokens.lock().expect("lock").push(auth.clone());
+        let ok = match guard {
+            Guard::Bearer {
+                creds: Some((u, p)),
+            } => auth == basic(u, p),
+            _ => true,
+        };
+        return if ok {
+            reply(
+                &mut conn,
+                "200 OK",
+                "Content-Type: application/json\r\n",
+                &format!("{{\"token\":\"{TOKEN}\"}}"),
+            )
+        } else {
+            reply(&mut conn, "401 Unauthorized", "", "")
+        };
+    }
+    let (ok, challenge) = match guard {
+        Guard::Basic { user, pass } => (
+            auth == basic(user, pass),
+            "Basic realm=\"test\"".to_string(),
+        ),
+        Guard::Bearer { .. } => (
+            auth == format!("Bearer {TOKEN}"),
+            format!(
+                "Bearer realm=\"http://{me}/token\",service=\"test-registry\",scope=\"repository:x:pull\""
+            ),
+        ),
+    };
+    if !ok {
+        return reply(
+            &mut conn,
+            "401 Unauthorized",
+            &format!("WWW-Authenticate: {challenge}\r\n"),
+            "",
+        );
+    }
+    let mut up = std::net::TcpStream::connect(upstream)?;
+    write!(
+        up,
+        "GET {path} HTTP/1.1\r\nHost: {upstream}\r\nConnection: close\r\n"
+    )?;
+    if let Some(a) = header("accept") {
+        write!(up, "Accept: {a}\r\n")?;
+    }
+    write!(up, "\r\n")?;
+    let mut resp = Vec::new();
+    up.read_to_end(&mut resp)?;
+    conn.write_all(&resp)
+}
