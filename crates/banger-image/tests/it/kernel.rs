@@ -77,7 +77,7 @@ fn real_debian_kernel_if_present() {
     );
     assert_eq!(&v.elf[..4], b"\x7fELF");
     eprintln!(
-        "{}: {:?}, pvh={}, {} bytes",
+        "{}: {version} {:?}, pvh={}, {} bytes",
         bz.display(),
         v.compression,
         v.pvh,
