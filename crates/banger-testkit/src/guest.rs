@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Bumped whenever the recipe changes, so stale caches are not reused.
-const RECIPE_VERSION: &str = "bookworm-v2";
+const RECIPE_VERSION: &str = "bookworm-v3";
 
 /// Printed on the serial console by the guest's `banger-test-ready.service`, followed by
 /// ` root=<root device> work=<device labelled banger-work>`.
@@ -21,6 +21,11 @@ pub const READY_MARKER: &str = "BANGER-TEST-READY";
 /// ([`GUEST_HOSTNAME`]) and closes.
 pub const VSOCK_ECHO_PORT: u32 = 5001;
 pub const GUEST_HOSTNAME: &str = "banger-test";
+
+/// systemd-networkd in the guest gives every Ethernet NIC this static address (/30), so a
+/// test puts the host side of the tap at [`GUEST_PEER_CIDR`] inside its own netns.
+pub const GUEST_IP: &str = "172.31.255.2";
+pub const GUEST_PEER_CIDR: &str = "172.31.255.1/30";
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
@@ -139,6 +144,10 @@ fn build(dir: &Path) -> Result<(), GuestError> {
              [Service]\nExecStart=/usr/bin/socat VSOCK-LISTEN:5001,reuseaddr,fork EXEC:/usr/bin/hostname\n\
              Restart=always\n\n[Install]\nWantedBy=multi-user.target\n",
         ),
+        (
+            "etc/systemd/network/10-banger-test.network",
+            "[Match]\nType=ether\n\n[Network]\nAddress=172.31.255.2/30\nLinkLocalAddressing=no\n",
+        ),
         ("etc/hostname", "banger-test\n"),
         (
             "etc/fstab",
@@ -158,6 +167,11 @@ fn build(dir: &Path) -> Result<(), GuestError> {
         std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), wants.join(unit))
             .map_err(io(format!("enable {unit}")))?;
     }
+    std::os::unix::fs::symlink(
+        "/lib/systemd/system/systemd-networkd.service",
+        wants.join("systemd-networkd.service"),
+    )
+    .map_err(io("enable systemd-networkd"))?;
     // Root logs in on the serial console without a password (a throwaway test guest).
     let hook_sync = format!("sync-in {} /", overlay.display());
     run(Command::new(mmdebstrap)
@@ -215,7 +229,13 @@ pub fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<(), GuestError> {
         (&[0x02, 0x21, 0x4c, 0x18], "lz4", "lz4"),
     ];
     for (magic, tool, package) in formats {
-        let offsets: Vec<usize> = data.windows(magic.len()).enumerate().filter(|(_, w)| w == magic).map(|(i, _)| i).take(8).collect();
+        let offsets: Vec<usize> = data
+            .windows(magic.len())
+            .enumerate()
+            .filter(|(_, w)| w == magic)
+            .map(|(i, _)| i)
+            .take(8)
+            .collect();
         if offsets.is_empty() {
             continue;
         }
@@ -228,13 +248,18 @@ pub fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<(), GuestError> {
                 .stderr(Stdio::null())
                 .spawn()
                 .map_err(io(format!("run {tool}")))?;
-            let mut stdin = child.stdin.take().ok_or_else(|| io("stdin")(std::io::Error::other("no stdin")))?;
+            let mut stdin = child
+                .stdin
+                .take()
+                .ok_or_else(|| io("stdin")(std::io::Error::other("no stdin")))?;
             let payload = data[off..].to_vec();
             // Feed from a thread: the decompressor's stdout must be drained concurrently.
             let feeder = std::thread::spawn(move || {
                 let _ = stdin.write_all(&payload);
             });
-            let output = child.wait_with_output().map_err(io(format!("run {tool}")))?;
+            let output = child
+                .wait_with_output()
+                .map_err(io(format!("run {tool}")))?;
             let _ = feeder.join();
             // Trailing bytes after the stream make tools exit non-zero; the ELF check decides.
             if output.stdout.starts_with(b"\x7fELF") {
@@ -243,5 +268,7 @@ pub fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<(), GuestError> {
             }
         }
     }
-    Err(GuestError::NoKernel("ELF payload inside the compressed kernel"))
+    Err(GuestError::NoKernel(
+        "ELF payload inside the compressed kernel",
+    ))
 }

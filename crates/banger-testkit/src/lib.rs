@@ -4,10 +4,12 @@
 //!   for real boots through the QEMU driver, built with `mmdebstrap` (needs root).
 //! - [`fake`]: types and helpers for the `fake-firecracker` binary (a named fake of
 //!   Firecracker's API used to test process handling without KVM).
+//! - [`netns::TestNetns`]: a throwaway network namespace (removed on drop).
 //! - Small helpers: [`is_root`], [`which`], [`tail_file`], [`test_cache_dir`].
 
 pub mod fake;
 pub mod guest;
+pub mod netns;
 pub mod openapi;
 
 pub use guest::{GuestError, TestGuest, extract_vmlinux, test_guest};

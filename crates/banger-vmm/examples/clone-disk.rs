@@ -14,7 +14,9 @@ fn main() {
         Ok(method) => {
             let name = match method {
                 banger_vmm::CloneMethod::Reflink => "reflink".to_string(),
-                banger_vmm::CloneMethod::SparseCopy { data_bytes } => format!("sparse-copy({data_bytes}B)"),
+                banger_vmm::CloneMethod::SparseCopy { data_bytes } => {
+                    format!("sparse-copy({data_bytes}B)")
+                }
             };
             println!("{name} {:.1}", t0.elapsed().as_secs_f64() * 1000.0);
         }

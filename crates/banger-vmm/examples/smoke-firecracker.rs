@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use banger_testkit::guest::{GUEST_HOSTNAME, READY_MARKER, VSOCK_ECHO_PORT};
 use banger_vmm::{
-    Driver, KernelFiles, RunningVmm, Vmm, VmmConfig, VmmKind, VmmPreference, VmmSpec, VsockSpec, clone_disk,
-    create_work_disk, select_vmm,
+    Driver, KernelFiles, RunningVmm, Vmm, VmmConfig, VmmKind, VmmPreference, VmmSpec, VsockSpec,
+    clone_disk, create_work_disk, select_vmm,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -24,7 +24,10 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let sel = select_vmm(&VmmConfig { preference: VmmPreference::Auto, ..Default::default() });
+    let sel = select_vmm(&VmmConfig {
+        preference: VmmPreference::Auto,
+        ..Default::default()
+    });
     match args.get(1).map(String::as_str) {
         Some("probe") => match sel {
             Ok(s) if s.kind == VmmKind::Firecracker => {
@@ -34,7 +37,12 @@ async fn main() {
             Ok(s) => {
                 println!("{}", s.reason);
                 for f in s.kvm.findings.iter().filter(|f| !f.ok) {
-                    println!("  {}: {} (fix: {})", f.check, f.detail, f.fix.as_deref().unwrap_or("-"));
+                    println!(
+                        "  {}: {} (fix: {})",
+                        f.check,
+                        f.detail,
+                        f.fix.as_deref().unwrap_or("-")
+                    );
                 }
                 std::process::exit(3);
             }
@@ -68,22 +76,35 @@ async fn boot(driver: &Driver, vmlinux: Option<PathBuf>) {
     let work = dir.path().join("work.ext4");
     clone_disk(&guest.rootfs, &root).unwrap_or_else(|e| fail(e));
     create_work_disk(&work, 256 << 20).unwrap_or_else(|e| fail(e));
-    let kernel = KernelFiles { vmlinux: Some(vmlinux), vmlinuz: None, initrd: Some(guest.initrd.clone()) };
+    let kernel = KernelFiles {
+        vmlinux: Some(vmlinux),
+        vmlinuz: None,
+        initrd: Some(guest.initrd.clone()),
+    };
     let mut spec = VmmSpec::new("smoke", dir.path(), kernel, &root);
     spec.boot_args = guest.boot_args.clone();
     spec.work_disk = Some(work);
-    spec.vsock = Some(VsockSpec { guest_cid: 3, uds_path: dir.path().join("v.sock") });
+    spec.vsock = Some(VsockSpec {
+        guest_cid: 3,
+        uds_path: dir.path().join("v.sock"),
+    });
     for n in 1..=2 {
         let t0 = Instant::now();
         let mut vm = driver.start(&spec).await.unwrap_or_else(|e| fail(e));
         wait_ready(&mut vm, &spec.console_log, n).await;
-        println!("boot {n}: multi-user after {:.1}s", t0.elapsed().as_secs_f64());
+        println!(
+            "boot {n}: multi-user after {:.1}s",
+            t0.elapsed().as_secs_f64()
+        );
         let reply = vsock(&dir.path().join("v.sock")).await;
         if reply != GUEST_HOSTNAME {
             fail(format!("vsock reply {reply:?}"));
         }
         println!("boot {n}: vsock round trip OK");
-        let out = driver.stop(&mut vm, Duration::from_secs(30)).await.unwrap_or_else(|e| fail(e));
+        let out = driver
+            .stop(&mut vm, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| fail(e));
         println!("boot {n}: stop {out:?}");
     }
     println!("smoke-firecracker: PASS");
@@ -92,7 +113,8 @@ async fn boot(driver: &Driver, vmlinux: Option<PathBuf>) {
 async fn wait_ready(vm: &mut RunningVmm, console: &Path, n: usize) {
     let t0 = Instant::now();
     loop {
-        let text = String::from_utf8_lossy(&std::fs::read(console).unwrap_or_default()).into_owned();
+        let text =
+            String::from_utf8_lossy(&std::fs::read(console).unwrap_or_default()).into_owned();
         if text.matches(READY_MARKER).count() >= n {
             return;
         }
@@ -111,8 +133,12 @@ async fn vsock(uds: &Path) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let attempt = async {
-            let mut s = tokio::net::UnixStream::connect(uds).await.map_err(|e| e.to_string())?;
-            s.write_all(format!("CONNECT {VSOCK_ECHO_PORT}\n").as_bytes()).await.map_err(|e| e.to_string())?;
+            let mut s = tokio::net::UnixStream::connect(uds)
+                .await
+                .map_err(|e| e.to_string())?;
+            s.write_all(format!("CONNECT {VSOCK_ECHO_PORT}\n").as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
             let mut r = BufReader::new(s);
             let mut ok = String::new();
             r.read_line(&mut ok).await.map_err(|e| e.to_string())?;

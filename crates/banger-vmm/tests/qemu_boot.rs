@@ -1,18 +1,22 @@
 //! Real boots of a Debian guest through the QEMU driver (TCG on hosts whose KVM cannot run
 //! guests). Needs root (to build the cached test guest) and qemu-system-x86_64.
 //!
-//! create disks → start → console shows multi-user reached (marker unit, with the root and
-//! work devices) → graceful stop → start again (with vsock when vhost-device-vsock is
-//! installed: host→guest CONNECT through the hybrid-vsock protocol) → stop → no processes
-//! or sockets left behind.
+//! Everything runs inside a network namespace the test creates: create disks → start →
+//! console shows multi-user reached (marker unit, with the root and work devices) →
+//! graceful stop → start again with a virtio-net NIC on a tap in that namespace (ping the
+//! guest, check its MAC) and vsock when vhost-device-vsock is installed (host→guest CONNECT
+//! through the hybrid-vsock protocol) → stop → no processes or sockets left behind.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use banger_testkit::guest::{GUEST_HOSTNAME, READY_MARKER, VSOCK_ECHO_PORT};
+use banger_testkit::guest::{
+    GUEST_HOSTNAME, GUEST_IP, GUEST_PEER_CIDR, READY_MARKER, VSOCK_ECHO_PORT,
+};
+use banger_testkit::netns::TestNetns;
 use banger_vmm::{
-    KernelFiles, QemuDriver, RunningVmm, StopMethod, Vmm, VmmConfig, VmmKind, VmmPreference,
-    VmmSpec, VsockSpec, clone_disk, create_work_disk, select_vmm,
+    KernelFiles, MacAddr, NetSpec, QemuDriver, RunningVmm, StopMethod, Vmm, VmmConfig, VmmKind,
+    VmmPreference, VmmSpec, VsockSpec, clone_disk, create_work_disk, select_vmm,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -74,7 +78,8 @@ async fn vsock_roundtrip(uds: &Path) -> Result<String, String> {
     Ok(reply.trim().to_string())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// current_thread: the test thread enters the test netns, and the VMMs it spawns live there.
+#[tokio::test(flavor = "current_thread")]
 async fn debian_guest_boots_stops_and_boots_again_under_qemu() {
     if !banger_testkit::is_root() {
         eprintln!("SKIP: the QEMU boot test needs root (to build the test guest with mmdebstrap)");
@@ -96,6 +101,9 @@ async fn debian_guest_boots_stops_and_boots_again_under_qemu() {
         sel.reason, sel.accel, sel.tsc
     );
     let guest = banger_testkit::test_guest().expect("build/reuse the test guest");
+    let netns = TestNetns::create().expect("create the test network namespace");
+    let _inside = netns.enter().expect("enter the test netns");
+    eprintln!("running inside netns {}", netns.name());
 
     let dir = tempfile::tempdir().expect("tempdir");
     let vm_dir = dir.path();
@@ -162,11 +170,49 @@ async fn debian_guest_boots_stops_and_boots_again_under_qemu() {
             "NOTE: vhost-device-vsock not installed (cargo install vhost-device-vsock); second boot without vsock"
         );
     }
+    // A tap inside the test namespace, with the host side addressed; the test guest's
+    // systemd-networkd gives its NIC the other address of the /30.
+    let tap = "bgt0";
+    netns
+        .ip(&["tuntap", "add", "dev", tap, "mode", "tap"])
+        .expect("create tap");
+    netns
+        .ip(&["addr", "add", GUEST_PEER_CIDR, "dev", tap])
+        .expect("address tap");
+    netns.ip(&["link", "set", tap, "up"]).expect("tap up");
+    let mac = MacAddr::derive("boot-test");
+    spec.net = Some(NetSpec {
+        tap: tap.into(),
+        mac,
+    });
     let mut vm = driver
         .start(&spec)
         .await
         .unwrap_or_else(|e| panic!("restart: {e}\nconsole:\n{}", console_tail(&console)));
     wait_ready(&mut vm, &console, 2).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = netns
+            .exec(&["ping", "-c", "1", "-W", "1", GUEST_IP])
+            .expect("run ping");
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "guest does not answer ping on the tap; console:\n{}",
+            console_tail(&console)
+        );
+    }
+    let neigh = netns
+        .exec(&["ip", "neigh", "show", GUEST_IP])
+        .expect("ip neigh");
+    let neigh = String::from_utf8_lossy(&neigh.stdout).to_string();
+    assert!(
+        neigh.contains(&mac.to_string()),
+        "guest MAC {mac} not seen on the tap: {neigh}"
+    );
+    eprintln!("guest answers ping on the tap with MAC {mac}");
     if let Some(v) = &spec.vsock {
         // socat may start a moment after the marker; retry briefly.
         let deadline = Instant::now() + Duration::from_secs(30);
