@@ -250,7 +250,15 @@ impl Flattener {
         if let Some(target) = name.strip_prefix(".wh.") {
             stats.whiteouts += 1;
             let dir = parent_of(&rel);
-            self.check_parents(&rel, false).map_err(&hostile)?;
+            if !self.check_parents(&rel, Missing::Skip).map_err(&hostile)? {
+                // Its directory is not in the tree: nothing to delete.
+                if target.is_empty() || target == "." || target == ".." {
+                    return Err(hostile(
+                        "whiteout names something outside its directory".into(),
+                    ));
+                }
+                return Ok(());
+            }
             if target == ".wh..opq" {
                 self.opaque(dir, current).map_err(&hostile)?;
             } else if target.starts_with(".wh.") {
@@ -280,7 +288,8 @@ impl Flattener {
             current.insert(a.to_string());
         }
         current.insert(rel.clone());
-        self.check_parents(&rel, true).map_err(&hostile)?;
+        self.check_parents(&rel, Missing::Create)
+            .map_err(&hostile)?;
         let size = entry.header().size().unwrap_or(0);
         if size > self.limits.max_entry_size {
             return Err(hostile(format!(
@@ -332,6 +341,15 @@ impl Flattener {
                         "entry expands past the {cap} byte per-entry cap"
                     )));
                 }
+                // Sparse entries expand beyond their stored size: count
+                // what was really written against the total cap too.
+                self.in_layer = self.in_layer.saturating_add(n.saturating_sub(size));
+                if self.total.saturating_add(self.in_layer) > self.limits.max_total_size {
+                    return Err(hostile(format!(
+                        "entry expands past the {} byte total size cap",
+                        self.limits.max_total_size
+                    )));
+                }
                 set_perm(&disk, (m.perm & 0o777) | 0o600)?;
                 self.meta.insert(guest(&rel), m);
             }
@@ -366,7 +384,7 @@ impl Flattener {
                 if trel == rel {
                     return Ok(());
                 }
-                self.check_parents(&trel, false)
+                self.check_parents(&trel, Missing::Fail)
                     .map_err(|r| hostile(format!("hardlink target: {r}")))?;
                 let tdisk = self.root.join(&trel);
                 let tmeta = self.meta.get(&guest(&trel)).cloned();
@@ -459,9 +477,10 @@ impl Flattener {
     }
 
     /// Every proper ancestor of `rel` must be a real directory (not a
-    /// symlink, not a file). Missing ones are created (when `create`) with
-    /// docker's defaults, root:root 0755.
-    fn check_parents(&mut self, rel: &str, create: bool) -> Result<(), String> {
+    /// symlink, not a file). Missing ones are created with docker's
+    /// defaults, root:root 0755, refused, or reported (`Ok(false)`),
+    /// according to `missing`.
+    fn check_parents(&mut self, rel: &str, missing: Missing) -> Result<bool, String> {
         for a in ancestors(rel) {
             let disk = self.root.join(a);
             match fs::symlink_metadata(&disk) {
@@ -480,8 +499,10 @@ impl Flattener {
                     {
                         return Err(format!("parent /{a} is a device node or fifo"));
                     }
-                    if !create {
-                        return Err(format!("parent /{a} does not exist"));
+                    match missing {
+                        Missing::Create => {}
+                        Missing::Skip => return Ok(false),
+                        Missing::Fail => return Err(format!("parent /{a} does not exist")),
                     }
                     fs::create_dir(&disk).map_err(|e| format!("create /{a}: {e}"))?;
                     fs::set_permissions(&disk, fs::Permissions::from_mode(0o755))
@@ -490,7 +511,7 @@ impl Flattener {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Delete `rel` (and what is under it) from the tree and the records.
@@ -598,6 +619,13 @@ impl Flattener {
         }
         Ok(out)
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    Create,
+    Skip,
+    Fail,
 }
 
 fn layer_err(layer: &str, reason: String) -> Error {
