@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cmd;
 use crate::error::{Error, IoContext, Result};
-use crate::ext4::{self, Ext4Fixups, FileSize};
+use crate::ext4::{self, Ext4Fixups, FileSize, Fixup};
 use crate::kernel::{self, KernelRecord};
 use crate::store::{self, ImageManifest, ROOTFS};
 
@@ -456,43 +456,86 @@ pub fn build_image(opts: &BuildOptions) -> Result<BuiltImage> {
             a.binary.display()
         )));
     }
-    let parent = opts
-        .out_dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = store::temp_dir_in(parent)?;
+    let tmp = temp_beside(&opts.out_dir)?;
     let work = tmp.path();
     let tree = work.join("tree");
     let mut stages = Vec::new();
-    let mut timed = |name: &str, t: Instant| {
-        let seconds = t.elapsed().as_secs_f64();
-        tracing::info!(stage = name, seconds, "image build stage done");
-        stages.push(Stage {
-            name: name.into(),
-            seconds,
-        });
-    };
-
     let t = Instant::now();
     let mut fixups = Ext4Fixups::new();
     match mode {
         BuildMode::Root => {
             mmdebstrap(opts, mode, &tree)?;
-            timed("mmdebstrap", t);
+            stage(&mut stages, "mmdebstrap", t);
         }
         BuildMode::Unshare => {
             let tarball = work.join("rootfs.tar");
             mmdebstrap(opts, mode, &tarball)?;
-            timed("mmdebstrap", t);
+            stage(&mut stages, "mmdebstrap", t);
             let t = Instant::now();
-            let f = fs::File::open(&tarball).ctx("open", &tarball)?;
-            fixups = crate::unpack::unpack_tar(std::io::BufReader::new(f), &tree)?;
+            fixups = unpack_file(&tarball, &tree)?;
             fs::remove_file(&tarball).ctx("remove", &tarball)?;
-            timed("unpack", t);
+            stage(&mut stages, "unpack", t);
         }
     }
+    finish(opts, mode, tmp, fixups, stages)
+}
 
+/// Build from a rootfs tarball instead of running mmdebstrap (e.g. one made
+/// with `mmdebstrap --format=tar` elsewhere): the same unprivileged path as
+/// `--mode=unshare` (unpack, customise, ext4 with owner/device fixups).
+/// The tarball must contain a Debian kernel in /boot. `opts.mirror`,
+/// `suite` and `mode` are only recorded.
+pub fn build_from_tar(tarball: &Path, opts: &BuildOptions) -> Result<BuiltImage> {
+    banger_core::names::validate_image_name(&opts.name)?;
+    if opts.out_dir.exists() {
+        return Err(Error::Build(format!(
+            "{} already exists; choose a new output directory",
+            opts.out_dir.display()
+        )));
+    }
+    let tmp = temp_beside(&opts.out_dir)?;
+    let tree = tmp.path().join("tree");
+    let mut stages = Vec::new();
+    let t = Instant::now();
+    let fixups = unpack_file(tarball, &tree)?;
+    stage(&mut stages, "unpack", t);
+    finish(opts, BuildMode::Unshare, tmp, fixups, stages)
+}
+
+fn temp_beside(out_dir: &Path) -> Result<tempfile::TempDir> {
+    let parent = out_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    store::temp_dir_in(parent)
+}
+
+fn unpack_file(tarball: &Path, tree: &Path) -> Result<Ext4Fixups> {
+    let f = fs::File::open(tarball).ctx("open", tarball)?;
+    crate::unpack::unpack_tar(std::io::BufReader::new(f), tree)
+}
+
+fn stage(stages: &mut Vec<Stage>, name: &str, t: Instant) {
+    let seconds = t.elapsed().as_secs_f64();
+    tracing::info!(stage = name, seconds, "image build stage done");
+    stages.push(Stage {
+        name: name.into(),
+        seconds,
+    });
+}
+
+/// Everything after the tree exists: customise, kernel, ext4, hash, and the
+/// rename of the temp dir into `opts.out_dir`.
+fn finish(
+    opts: &BuildOptions,
+    mode: BuildMode,
+    tmp: tempfile::TempDir,
+    mut fixups: Ext4Fixups,
+    mut stages: Vec<Stage>,
+) -> Result<BuiltImage> {
+    let work = tmp.path();
+    let tree = work.join("tree");
+    let mut timed = |name: &str, t: Instant| stage(&mut stages, name, t);
     let t = Instant::now();
     let created = customize(&tree, opts.profile, opts.agent.as_ref())?;
     if mode == BuildMode::Unshare {
@@ -502,6 +545,15 @@ pub fn build_image(opts: &BuildOptions) -> Result<BuiltImage> {
             fixups.set_owner(p, 0, 0);
         }
     }
+    // Fixups recorded at unpack time for files customize removed (the ssh
+    // host keys) would fail in debugfs.
+    fixups.retain(|f| match f {
+        Fixup::SetOwner { path, .. } | Fixup::SetMode { path, .. } => tree
+            .join(path.trim_start_matches('/'))
+            .symlink_metadata()
+            .is_ok(),
+        Fixup::Mknod { .. } | Fixup::Symlink { .. } => true,
+    });
     timed("customize", t);
 
     let t = Instant::now();
@@ -518,7 +570,7 @@ pub fn build_image(opts: &BuildOptions) -> Result<BuiltImage> {
 
     let t = Instant::now();
     let used = tree_usage(&tree)?;
-    let needed = (used + used / 2 + (256 << 20)).div_ceil(1 << 20) << 20;
+    let needed = (used + used / 2 + (64 << 20)).div_ceil(1 << 20) << 20;
     let size = match opts.size {
         Some(s) if s < needed => {
             return Err(Error::Build(format!(

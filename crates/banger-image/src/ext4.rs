@@ -111,6 +111,10 @@ impl Ext4Fixups {
         });
         self
     }
+    /// Keep only the entries `keep` accepts.
+    pub fn retain(&mut self, keep: impl FnMut(&Fixup) -> bool) {
+        self.entries.retain(keep);
+    }
     pub fn extend(&mut self, other: Ext4Fixups) {
         self.entries.extend(other.entries);
     }

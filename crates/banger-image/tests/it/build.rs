@@ -186,3 +186,113 @@ fn prerequisites_report_each_mode() {
         }
     );
 }
+
+/// The unprivileged path (as used by `--mode=unshare`) without mmdebstrap:
+/// a rootfs tarball → unpack → customise → ext4 with fixups.
+#[test]
+fn build_from_tarball() {
+    if skip_without_e2fsprogs() {
+        return;
+    }
+    use crate::support::{Comp, fake_bzimage, fake_elf};
+    let t = tempfile::tempdir().expect("tempdir");
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, ty: tar::EntryType, mode: u32, uid: u64, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(ty);
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(uid);
+        h.set_size(data.len() as u64);
+        if ty == tar::EntryType::Char {
+            h.set_device_major(1).expect("major");
+            h.set_device_minor(3).expect("minor");
+        }
+        h.set_cksum();
+        b.append_data(&mut h, path, data).expect("append");
+    };
+    use tar::EntryType as T;
+    let bz = fake_bzimage(&fake_elf(true), Comp::Zstd);
+    add("./", T::Directory, 0o755, 0, b"");
+    add("boot/", T::Directory, 0o755, 0, b"");
+    add(
+        "boot/vmlinuz-6.1.0-9-cloud-amd64",
+        T::Regular,
+        0o644,
+        0,
+        &bz,
+    );
+    add(
+        "boot/initrd.img-6.1.0-9-cloud-amd64",
+        T::Regular,
+        0o644,
+        0,
+        b"initrd",
+    );
+    add("etc/", T::Directory, 0o755, 0, b"");
+    add("etc/ssh/", T::Directory, 0o755, 0, b"");
+    add(
+        "etc/ssh/sshd_config",
+        T::Regular,
+        0o644,
+        0,
+        b"Include /etc/ssh/sshd_config.d/*.conf\n",
+    );
+    add("etc/ssh/ssh_host_rsa_key", T::Regular, 0o600, 0, b"baked");
+    add("root/", T::Directory, 0o755, 0, b"");
+    add("home/user/", T::Directory, 0o700, 1000, b"");
+    add("dev/", T::Directory, 0o755, 0, b"");
+    add("dev/null", T::Char, 0o666, 0, b"");
+    add("usr/bin/", T::Directory, 0o755, 0, b"");
+    add("usr/bin/sudo", T::Regular, 0o4755, 0, b"#!/bin/sh\n");
+    let tarball = t.path().join("rootfs.tar");
+    std::fs::write(&tarball, b.into_inner().expect("tar")).expect("write");
+
+    let mut opts = BuildOptions::new("from-tar", Profile::Minimal, t.path().join("out"));
+    opts.size = Some(96 << 20);
+    let built = build::build_from_tar(&tarball, &opts).expect("build from tar");
+    let img = &built.rootfs;
+    ext4::fsck(img).expect("fsck");
+    assert!(
+        ext4::stat(img, "/etc/ssh/ssh_host_rsa_key")
+            .expect("stat")
+            .is_none()
+    );
+    assert_eq!(
+        ext4::stat(img, "/root").expect("stat").expect("root").mode,
+        0o040700
+    );
+    let home = ext4::stat(img, "/home/user").expect("stat").expect("home");
+    assert_eq!((home.mode, home.uid), (0o040700, 1000));
+    assert_eq!(
+        ext4::stat(img, "/usr/bin/sudo")
+            .expect("stat")
+            .expect("sudo")
+            .mode,
+        0o104755
+    );
+    assert_eq!(
+        ext4::stat(img, "/dev/null")
+            .expect("stat")
+            .expect("null")
+            .mode,
+        0o020666
+    );
+    let net = ext4::stat(img, "/usr/local/sbin/banger-net")
+        .expect("stat")
+        .expect("net");
+    assert_eq!((net.mode, net.uid, net.gid), (0o100755, 0, 0));
+    assert!(built.kernel.has_vmlinux && built.kernel.pvh);
+    assert_eq!(built.kernel.name, "debian-bookworm-6.1.0-9-cloud-amd64");
+    assert!(!built.build.agent_included);
+    // Nothing but the result beside it.
+    let names: Vec<String> = std::fs::read_dir(t.path())
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with(".tmp-banger")),
+        "{names:?}"
+    );
+}
