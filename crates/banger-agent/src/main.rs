@@ -116,6 +116,11 @@ async fn announce(to: Endpoint) {
     }
 }
 
+/// Whether a vsock peer may use the agent: only the host (CID 2).
+fn peer_allowed(cid: u32) -> bool {
+    cid == HOST_CID
+}
+
 fn bind_vsock(cid: u32, port: u32) -> std::io::Result<tokio_vsock::VsockListener> {
     let addr = tokio_vsock::VsockAddr::new(cid, port);
     match tokio_vsock::VsockListener::bind(addr) {
@@ -173,6 +178,11 @@ async fn run(args: Args) -> Result<(), String> {
             tokio::spawn(announce(announce_to));
             loop {
                 match l.accept().await {
+                    // Only the host may drive the agent: a guest process
+                    // reaching it over vsock loopback (CID 1) would get root.
+                    Ok((_, peer)) if !peer_allowed(peer.cid()) => {
+                        tracing::warn!("refusing a vsock connection from CID {}", peer.cid());
+                    }
                     Ok((s, _)) => {
                         tokio::spawn(serve_connection(s, cfg.clone()));
                     }
@@ -232,6 +242,9 @@ mod tests {
             Ok(Endpoint::Unix("/tmp/a".into()))
         );
         assert!(parse_endpoint("tcp:1").is_err());
+        assert!(peer_allowed(2));
+        assert!(!peer_allowed(1), "vsock loopback from inside the guest");
+        assert!(!peer_allowed(3), "another guest");
         assert!(parse_endpoint("vsock:x").is_err());
     }
 }
