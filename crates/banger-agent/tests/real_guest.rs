@@ -130,6 +130,9 @@ async fn agent_in_a_real_guest_over_vhost_device_vsock() {
         .start(&spec)
         .await
         .unwrap_or_else(|e| panic!("start: {e}\nconsole:\n{}", console_tail(&console)));
+    // A failing assertion anywhere below must not leave QEMU or
+    // vhost-device-vsock running.
+    vm.set_kill_on_drop(true);
     let hello = match ready.wait(READY_TIMEOUT, "agent-test").await {
         Ok(h) => h,
         Err(e) => {
@@ -268,7 +271,11 @@ async fn exercise(uds: &Path, vm_dir: &Path) -> Result<(), String> {
     let t = Instant::now();
     let out = agent
         .exec_capture(
-            &ExecRequest::new(["sh", "-c", "mkdir -p /root/repo2 && tar -C /root/repo2 -xf -"]),
+            &ExecRequest::new([
+                "sh",
+                "-c",
+                "mkdir -p /root/repo2 && tar -C /root/repo2 -xf -",
+            ]),
             &tarball,
         )
         .await
