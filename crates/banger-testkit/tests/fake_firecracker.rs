@@ -186,6 +186,7 @@ async fn a_live_vmm_is_readopted_by_pid_and_start_time_after_a_daemon_restart() 
     let spec = vm(dir.path(), &FakeFirecrackerConfig::default());
     let d = driver();
     let vm = d.start(&spec).await.expect("start");
+    // (kill_on_drop stays off: that is what lets a VM outlive the daemon.)
     // The daemon persists the handle and "restarts": the RunningVmm (and its Child) is gone.
     let persisted = serde_json::to_string(vm.handle()).expect("serialize");
     drop(vm);
@@ -257,4 +258,23 @@ async fn a_vmm_that_exits_at_once_is_reported_with_its_status() {
     d.bin = dir.path().join("no-such-firecracker");
     let err = d.start(&spec).await.expect_err("missing binary");
     assert!(matches!(err, VmmError::Spawn { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn kill_on_drop_kills_a_running_vmm_and_default_does_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = vm(dir.path(), &FakeFirecrackerConfig::default());
+    let d = driver();
+    let mut vm = d.start(&spec).await.expect("start");
+    let identity = vm.handle().process;
+    vm.set_kill_on_drop(true);
+    drop(vm);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while identity.is_alive() {
+        assert!(
+            Instant::now() < deadline,
+            "kill_on_drop did not kill the VMM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

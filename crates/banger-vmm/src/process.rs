@@ -134,6 +134,7 @@ pub struct RunningVmm {
     child: Option<Child>,
     helper_children: Vec<Child>,
     exit: Option<ExitInfo>,
+    kill_on_drop: bool,
 }
 
 /// Current state of a managed VMM.
@@ -154,7 +155,15 @@ impl RunningVmm {
             child,
             helper_children,
             exit: None,
+            kill_on_drop: false,
         }
+    }
+
+    /// SIGKILL the VMM and its helpers if this value is dropped while they run. Off by
+    /// default, because the daemon must be able to restart without stopping VMs; tests turn
+    /// it on so a failing assertion does not leak a guest.
+    pub fn set_kill_on_drop(&mut self, kill: bool) {
+        self.kill_on_drop = kill;
     }
 
     pub(crate) fn child_mut(&mut self) -> Option<&mut Child> {
@@ -258,6 +267,27 @@ impl RunningVmm {
     fn reap_helpers(&mut self) {
         for c in &mut self.helper_children {
             let _ = c.try_wait();
+        }
+    }
+}
+
+impl Drop for RunningVmm {
+    fn drop(&mut self) {
+        if !self.kill_on_drop {
+            return;
+        }
+        if self.status() == VmmStatus::Running {
+            match &mut self.child {
+                Some(child) => {
+                    let _ = child.start_kill();
+                }
+                None => {
+                    self.handle.process.signal(libc::SIGKILL);
+                }
+            }
+        }
+        for h in &self.handle.helpers {
+            h.process.signal(libc::SIGKILL);
         }
     }
 }

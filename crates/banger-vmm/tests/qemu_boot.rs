@@ -134,6 +134,7 @@ async fn debian_guest_boots_stops_and_boots_again_under_qemu() {
         .await
         .unwrap_or_else(|e| panic!("start: {e}\nconsole:\n{}", console_tail(&console)));
     eprintln!("qemu started (pid {}) in {:?}", vm.pid(), t0.elapsed());
+    vm.set_kill_on_drop(true); // no leaked guest if an assertion fails
     let line = wait_ready(&mut vm, &console, 1).await;
     assert!(
         line.contains("root=/dev/vda"),
@@ -189,6 +190,7 @@ async fn debian_guest_boots_stops_and_boots_again_under_qemu() {
         .start(&spec)
         .await
         .unwrap_or_else(|e| panic!("restart: {e}\nconsole:\n{}", console_tail(&console)));
+    vm.set_kill_on_drop(true);
     wait_ready(&mut vm, &console, 2).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
