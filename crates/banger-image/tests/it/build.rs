@@ -9,19 +9,8 @@ use crate::support::{have, skip_without_e2fsprogs};
 
 const FAKE_UNIT: &str = "[Unit]\nDescription=banger guest agent (test stand-in)\n\n[Service]\nExecStart=/usr/local/bin/banger-vsock-agent\n\n[Install]\nWantedBy=multi-user.target\n";
 
-#[test]
-fn minimal_image_build() {
-    if skip_without_e2fsprogs() {
-        return;
-    }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: minimal_image_build needs root (mmdebstrap --mode=root)");
-        return;
-    }
-    if !have("mmdebstrap") {
-        eprintln!("SKIP: mmdebstrap not found (apt-get install mmdebstrap)");
-        return;
-    }
+/// The options of the cached minimal test image (with a stand-in agent).
+pub fn minimal_opts() -> BuildOptions {
     let agent_dir = build::test_cache_dir().join("fake-agent");
     std::fs::create_dir_all(&agent_dir).expect("mkdir");
     let agent_bin = agent_dir.join("banger-vsock-agent");
@@ -32,8 +21,37 @@ fn minimal_image_build() {
         binary: agent_bin,
         unit: FAKE_UNIT.into(),
     });
+    opts
+}
+
+/// Build (once per inputs) or reuse the minimal image.
+pub fn cached_minimal() -> build::BuiltImage {
+    build::cached_build(&minimal_opts(), &build::test_cache_dir()).expect("build minimal image")
+}
+
+/// Whether the real build can run here; prints why not.
+pub fn can_build() -> bool {
+    if skip_without_e2fsprogs() {
+        return false;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: the minimal image build needs root (mmdebstrap --mode=root)");
+        return false;
+    }
+    if !have("mmdebstrap") {
+        eprintln!("SKIP: mmdebstrap not found (apt-get install mmdebstrap)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn minimal_image_build() {
+    if !can_build() {
+        return;
+    }
     let t = std::time::Instant::now();
-    let built = build::cached_build(&opts, &build::test_cache_dir()).expect("build minimal image");
+    let built = cached_minimal();
     eprintln!(
         "minimal image at {} ({:.1}s, stages {:?})",
         built.dir.display(),
