@@ -219,6 +219,22 @@ impl VmmSpec {
                 return bad(format!("{what} {} does not exist", p.display()));
             }
         }
+        // sun_path holds 107 bytes + NUL; longer socket paths fail at bind time with an
+        // unhelpful EINVAL, so refuse them here. Guest-initiated vsock connections land on
+        // `<uds_path>_<port>` (up to 11 more bytes).
+        let longest = ["fc.sock", "qmp.sock", "vhost.sock"]
+            .iter()
+            .map(|f| self.vm_dir.join(f).as_os_str().len())
+            .chain(self.vsock.iter().map(|v| v.uds_path.as_os_str().len() + 11))
+            .max()
+            .unwrap_or(0);
+        if longest > 107 {
+            return bad(format!(
+                "VM directory {} is too deep: its Unix socket paths would exceed 107 bytes; \
+                 use a shorter state/runtime directory",
+                self.vm_dir.display()
+            ));
+        }
         if let Some(v) = &self.vsock
             && v.guest_cid < 3
         {
@@ -276,6 +292,22 @@ mod tests {
             prop_assert_eq!(&once, &twice);
             prop_assert!(once.split_whitespace().any(|a| a.starts_with("console")));
         }
+    }
+
+    #[test]
+    fn too_long_socket_paths_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let deep = dir.path().join("x".repeat(100));
+        std::fs::create_dir(&deep).expect("mkdir");
+        std::fs::write(deep.join("root"), b"").expect("write");
+        let spec = VmmSpec::new("vm", &deep, KernelFiles::default(), &deep.join("root"));
+        let err = spec.validate().expect_err("too deep");
+        assert!(err.to_string().contains("107 bytes"), "{err}");
+        let root = dir.path().join("root");
+        std::fs::write(&root, b"").expect("write");
+        VmmSpec::new("vm", dir.path(), KernelFiles::default(), &root)
+            .validate()
+            .expect("short path is fine");
     }
 
     #[test]
