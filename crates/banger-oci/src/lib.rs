@@ -18,6 +18,8 @@ pub mod registry;
 pub use cache::LayerCache;
 pub use error::{Error, Result};
 pub use flatten::{Flattened, Flattener, Limits};
-pub use pull::{ImageConfig, OCI_CONFIG, Phase, Progress, PullOptions, PulledImage, pull_to_ext4};
+pub use pull::{
+    ImageConfig, OCI_CONFIG, Phase, Progress, PullOptions, PulledImage, pull_to_ext4, resolve,
+};
 pub use reference::Reference;
-pub use registry::RegistryOptions;
+pub use registry::{Descriptor, ImageManifestDoc, RegistryOptions};

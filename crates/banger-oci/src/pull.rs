@@ -14,7 +14,7 @@ use crate::cache::LayerCache;
 use crate::error::{Error, IoContext, Result};
 use crate::flatten::{Flattener, Limits};
 use crate::reference::Reference;
-use crate::registry::{Client, Descriptor, RegistryOptions};
+use crate::registry::{Client, Descriptor, ImageManifestDoc, RegistryOptions};
 
 /// File beside rootfs.ext4 holding the [`ImageConfig`].
 pub const OCI_CONFIG: &str = "oci-config.json";
@@ -115,7 +115,7 @@ impl<'a> PullOptions<'a> {
             limits: Limits::default(),
             kernel: kernel.into(),
             boot_args: String::new(),
-            free_space: 1 << 30,
+            free_space: 128 << 20,
             progress: None,
         }
     }
@@ -164,6 +164,17 @@ struct RawRunConfig {
 struct RawRootfs {
     #[serde(default)]
     diff_ids: Vec<String>,
+}
+
+/// Resolve `reference` to its linux/amd64 manifest (digest, config and
+/// layer descriptors) without downloading layers: lets the daemon tell
+/// whether an installed image (its `oci-config.json` `manifest_digest`) is
+/// current.
+pub fn resolve(reference: &str, opts: &RegistryOptions) -> Result<(Reference, ImageManifestDoc)> {
+    let reference = Reference::parse(reference)?;
+    let mut client = Client::new(&reference, opts)?;
+    let doc = client.resolve(&reference)?;
+    Ok((reference, doc))
 }
 
 /// Pull `reference`, flatten it and install it as an image. See the

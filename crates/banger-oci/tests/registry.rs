@@ -267,6 +267,11 @@ fn index_resolves_to_linux_amd64() {
         b"amd64\n"
     );
     assert_eq!(pulled.config.architecture, "amd64");
+    let mut ro = banger_oci::RegistryOptions::default();
+    ro.auth_files.clear();
+    let (_, doc) = banger_oci::resolve(&reference, &ro).expect("resolve");
+    assert_eq!(doc.digest, pulled.config.manifest_digest);
+    assert_eq!(doc.layers.len(), 1);
 }
 
 #[test]
@@ -474,4 +479,78 @@ fn cache_dir_leftovers_are_not_trusted() {
     assert_eq!(cache.list().expect("list"), Vec::<String>::new());
     assert_eq!(cache.cleanup_partial().expect("cleanup").len(), 1);
     assert!(Path::new(&blobs).read_dir().expect("ls").next().is_none());
+}
+
+#[test]
+fn kill_9_mid_download_leaves_nothing_trusted() {
+    require_prereqs!();
+    // `cargo test` builds the examples next to the test binaries.
+    let exe = std::env::current_exe().expect("exe");
+    let Some(pull_bin) = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("examples/oci-pull"))
+        .filter(|p| p.is_file())
+    else {
+        eprintln!(
+            "SKIP: examples/oci-pull not built (run via `cargo test`, which builds examples)"
+        );
+        return;
+    };
+    let reg = Registry::start();
+    let noise: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    let l = Layer::new(tar(&[E::File("noise", &noise, 0o644, 0, 0)]), Comp::Gzip);
+    let digest = l.digest();
+    let layout = Layout::new();
+    let m = layout.image(&[l], "amd64", json!({}));
+    layout.tag(m, "t");
+    reg.push(&layout, "t", "slow", &[]);
+    let proxy = common::AuthProxy::start(&reg.addr, common::Guard::Slow);
+
+    let d = dirs();
+    let mut child = std::process::Command::new(&pull_bin)
+        .arg(format!("{}/slow:t", proxy.addr))
+        .arg(&d.images)
+        .arg(&d.cache)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn oci-pull");
+    let blobs = d.cache.join("blobs/sha256");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let partial = std::fs::read_dir(&blobs).ok().and_then(|rd| {
+            rd.flatten()
+                .find(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+                .and_then(|e| e.metadata().ok())
+                .filter(|m| m.len() > (1 << 20))
+        });
+        if partial.is_some() {
+            break;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "oci-pull finished before it could be killed"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "download never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+
+    let cache = banger_oci::LayerCache::new(&d.cache);
+    assert!(!cache.contains(&digest), "half blob trusted");
+    assert!(cache.list().expect("list").is_empty());
+    assert_eq!(cache.cleanup_partial().expect("cleanup").len(), 1);
+    // The next pull (directly, full speed) downloads it again and works.
+    let pulled = pull_to_ext4(&format!("{}/slow:t", reg.addr), opts(&d)).expect("pull after kill");
+    assert_eq!(
+        banger_image::ext4::read_file(&pulled.image.rootfs, "/noise").expect("read"),
+        noise
+    );
 }

@@ -442,6 +442,9 @@ pub enum Guard {
     /// endpoint wants basic credentials when `creds` is set, else serves
     /// anyone (Docker Hub's anonymous pulls).
     Bearer { creds: Option<(String, String)> },
+    /// No auth; responses trickle out at about 2 MiB/s (to kill a client
+    /// mid-download).
+    Slow,
 }
 
 /// A named fake: an auth front (token server + reverse proxy) on
@@ -570,6 +573,7 @@ fn serve(
         };
     }
     let (ok, challenge) = match guard {
+        Guard::Slow => (true, String::new()),
         Guard::Basic { user, pass } => (
             auth == basic(user, pass),
             "Basic realm=\"test\"".to_string(),
@@ -600,5 +604,12 @@ fn serve(
     write!(up, "\r\n")?;
     let mut resp = Vec::new();
     up.read_to_end(&mut resp)?;
+    if matches!(guard, Guard::Slow) {
+        for chunk in resp.chunks(64 * 1024) {
+            conn.write_all(chunk)?;
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        return Ok(());
+    }
     conn.write_all(&resp)
 }
