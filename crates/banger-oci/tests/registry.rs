@@ -110,6 +110,7 @@ fn multi_layer_image_flattens_into_the_expected_ext4() {
         tar(&[
             E::Dir("lib/", 0o755, 0, 0),
             E::Sym("lib/link", "../bin/busybox"),
+            E::SymU("lib/owned", "link", 77, 88),
             E::File("etc/newfile", b"n", 0o444, 123, 456),
         ]),
         Comp::None,
@@ -163,6 +164,7 @@ fn multi_layer_image_flattens_into_the_expected_ext4() {
         ("/dev/fifo", 0o10600, 0, 0),
         ("/lib", 0o40755, 0, 0),
         ("/lib/link", 0o120777, 0, 0),
+        ("/lib/owned", 0o120777, 77, 88),
     ];
     let got: Vec<(String, u32, u32, u32)> = tree
         .iter()
@@ -272,6 +274,31 @@ fn index_resolves_to_linux_amd64() {
     let (_, doc) = banger_oci::resolve(&reference, &ro).expect("resolve");
     assert_eq!(doc.digest, pulled.config.manifest_digest);
     assert_eq!(doc.layers.len(), 1);
+
+    // The same index as a Docker manifest list.
+    let reference = reg.push(
+        &layout,
+        "multi",
+        "platforms-docker",
+        &["--all", "--format", "v2s2"],
+    );
+    let (body, media_type, _) = {
+        let r = banger_oci::Reference::parse(&reference).expect("ref");
+        let mut c = banger_oci::registry::Client::new(&r, &ro).expect("client");
+        c.manifest_bytes(r.manifest_ref()).expect("manifest")
+    };
+    assert_eq!(
+        media_type,
+        banger_oci::registry::MT_DOCKER_LIST,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let d = dirs();
+    let pulled = pull_to_ext4(&reference, opts(&d)).expect("pull manifest list");
+    assert_eq!(
+        banger_image::ext4::read_file(&pulled.image.rootfs, "/platform").expect("read"),
+        b"amd64\n"
+    );
 }
 
 #[test]

@@ -297,6 +297,8 @@ pub enum E<'a> {
     Dir(&'a str, u32, u32, u32),
     File(&'a str, &'a [u8], u32, u32, u32),
     Sym(&'a str, &'a str),
+    /// Symlink with an owner.
+    SymU(&'a str, &'a str, u32, u32),
     Link(&'a str, &'a str),
     Char(&'a str, u32, u32, u32),
     Fifo(&'a str, u32),
@@ -322,6 +324,7 @@ pub fn tar(entries: &[E]) -> Vec<u8> {
             E::Dir(p, m, u, g) => (p, tar::EntryType::Directory, b"", *m, *u, *g, None),
             E::File(p, d, m, u, g) => (p, tar::EntryType::Regular, d, *m, *u, *g, None),
             E::Sym(p, t) => (p, tar::EntryType::Symlink, b"", 0o777, 0, 0, Some(t)),
+            E::SymU(p, t, u, g) => (p, tar::EntryType::Symlink, b"", 0o777, *u, *g, Some(t)),
             E::Link(p, t) => (p, tar::EntryType::Link, b"", 0o644, 0, 0, Some(t)),
             E::Char(p, ma, mi, m) => {
                 h.set_device_major(*ma).expect("major");
