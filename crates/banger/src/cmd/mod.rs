@@ -1,6 +1,7 @@
 //! One module per command group.
 
 mod config;
+mod cp;
 mod image;
 mod run;
 mod ssh;

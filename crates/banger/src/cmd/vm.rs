@@ -169,7 +169,7 @@ pub async fn run(client: &Client, c: VmCommand) -> anyhow::Result<ExitCode> {
         VmCommand::Run(a) => return super::run::vm_run(client, a).await,
         VmCommand::Ssh(a) => return super::run::vm_ssh(client, a).await,
         VmCommand::Exec(a) => return super::run::vm_exec(client, a).await,
-        VmCommand::Cp(_) => bail!("`banger vm cp` is not available in this build yet"),
+        VmCommand::Cp(a) => return super::cp::vm_cp(client, a).await,
     }
     Ok(ExitCode::SUCCESS)
 }
