@@ -859,7 +859,7 @@ pub fn test_cache_dir() -> PathBuf {
 
 /// Bump when [`customize`] or the build steps change what an image
 /// contains: cached test images keyed with the old value are rebuilt.
-pub const RECIPE_VERSION: u32 = 1;
+pub const RECIPE_VERSION: u32 = 2;
 
 /// Hash of everything that determines a build's result: options, recipe
 /// version, package and mask lists, guest files, the agent's bytes.

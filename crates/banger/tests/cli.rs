@@ -317,10 +317,12 @@ fn doctor_json_is_truthful_about_this_host() {
         .collect();
     for want in [
         "architecture",
-        "kvm",
+        "/dev/kvm",
+        "cpu virtualization",
         "firecracker",
-        "qemu",
+        "qemu-system-x86_64",
         "vmm",
+        "image build",
         "mkfs.ext4",
         "ssh",
         "nft",
@@ -340,13 +342,20 @@ fn doctor_json_is_truthful_about_this_host() {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     if !cpuinfo.contains(" vmx") && !cpuinfo.contains(" svm") {
         assert_ne!(v["vmm"]["driver"], "firecracker");
-        let kvm = v["checks"]
+        let cpu = v["checks"]
             .as_array()
             .expect("checks")
             .iter()
-            .find(|c| c["name"] == "kvm")
-            .expect("kvm");
-        assert_eq!(kvm["status"], "warn");
+            .find(|c| c["name"] == "cpu virtualization")
+            .expect("cpu check");
+        assert_eq!(
+            cpu["status"], "warn",
+            "a KVM that cannot run guests is reported"
+        );
+        assert!(
+            cpu["detail"].as_str().unwrap_or("").contains("cannot run"),
+            "{cpu}"
+        );
     }
 }
 

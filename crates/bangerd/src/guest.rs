@@ -141,6 +141,10 @@ fn known_hosts_lines(text: &str, vm: &str) -> Vec<String> {
         .collect()
 }
 
+/// known_hosts is edited read-modify-write; creates and deletes run
+/// concurrently, so edits are serialised or one would lose the other's line.
+static KNOWN_HOSTS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Pins `<vm>.vm` (and its address) to the VM's host key. No trust on first
 /// use: the key is known before the guest ever boots.
 pub fn pin_host_key(
@@ -149,6 +153,7 @@ pub fn pin_host_key(
     ip: Option<&str>,
     public: &str,
 ) -> anyhow::Result<()> {
+    let _guard = KNOWN_HOSTS_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(dir) = known_hosts.parent() {
         crate::ensure_private_dir(dir)?;
     }
@@ -167,6 +172,7 @@ pub fn pin_host_key(
 }
 
 pub fn unpin_host_key(known_hosts: &Path, vm: &str) -> anyhow::Result<()> {
+    let _guard = KNOWN_HOSTS_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let Ok(text) = std::fs::read_to_string(known_hosts) else {
         return Ok(());
     };
@@ -181,9 +187,9 @@ pub fn unpin_host_key(known_hosts: &Path, vm: &str) -> anyhow::Result<()> {
 
 fn write_atomic(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-    std::fs::rename(&tmp, path)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
     Ok(())
 }
 

@@ -65,6 +65,17 @@ impl Daemon {
         ] {
             ensure_private_dir(&d)?;
         }
+        // A pull or build killed mid-way leaves `.tmp-banger-*` dirs, never
+        // a half image: remove them (resumable `.part` downloads stay).
+        for d in [
+            paths.images_dir(),
+            paths.kernels_dir(),
+            paths.downloads_dir(),
+        ] {
+            for p in banger_image::store::cleanup_partial(&d)? {
+                tracing::info!(path = %p.display(), "removed an interrupted pull or build");
+            }
+        }
         let store = Store::open(&paths.db())?;
         let home = banger_core::host::home_dir().unwrap_or_default();
         let vmm_config = banger_vmm::VmmConfig {

@@ -298,7 +298,16 @@ impl Daemon {
             kernel_args.trim()
         };
         args.push_str(base);
-        args.push_str(" root=/dev/vda rw quiet loglevel=3");
+        for extra in ["root=/dev/vda", "rw", "quiet", "loglevel=3"] {
+            let key = extra.split('=').next().unwrap_or(extra);
+            let present = base
+                .split_whitespace()
+                .any(|w| w == extra || w.split('=').next() == Some(key));
+            if !present {
+                args.push(' ');
+                args.push_str(extra);
+            }
+        }
         if let Some(ip) = ipv4(rec)
             && self.network.is_some()
         {
@@ -424,10 +433,16 @@ impl Daemon {
             Some(l) => {
                 let slot = Arc::clone(slot);
                 let vm = name.clone();
+                let uds = vsock_path.clone();
                 tokio::spawn(async move {
                     let state = match l.wait(READY_TIMEOUT, &vm).await {
                         Ok(h) => {
-                            tracing::info!(vm = %vm, agent = %h.agent_version, "guest agent ready");
+                            tracing::info!(vm = %vm, agent = %h.agent_version, "guest agent up");
+                            // The agent starts early in boot; "ready" means the
+                            // boot finished (network configured, sshd up), so
+                            // ssh and commands that need the network work at once.
+                            wait_boot_finished(&uds, &vm).await;
+                            tracing::info!(vm = %vm, "guest ready");
                             ReadyState::Ready
                         }
                         Err(e) => ReadyState::Failed(e.to_string()),
@@ -489,13 +504,16 @@ impl Daemon {
     pub async fn stop_vm(self: &Arc<Self>, name: &str) -> Result<VmRecord, ApiErr> {
         let slot = self.slots.get(name);
         let _op = slot.op.lock().await;
-        self.stop_locked(name, &slot).await
+        self.stop_locked(name, &slot, false).await
     }
 
+    /// `discard`: the VM is about to be deleted, so its disks do not matter
+    /// and a clean guest shutdown would only cost time.
     async fn stop_locked(
         self: &Arc<Self>,
         name: &str,
         slot: &Arc<Slot>,
+        discard: bool,
     ) -> Result<VmRecord, ApiErr> {
         let rec = self.store.get_vm(name)?;
         if matches!(
@@ -513,7 +531,7 @@ impl Daemon {
         let mut guard = slot.vmm.lock().await;
         if let Some(mut vm) = guard.take() {
             let kind = vm.handle().kind;
-            if *slot.ready.borrow() == ReadyState::Ready {
+            if !discard && *slot.ready.borrow() == ReadyState::Ready {
                 let client =
                     banger_agent::client::AgentClient::hybrid(self.vm_dir(name).join(VSOCK))
                         .with_connect_timeout(Duration::from_secs(3));
@@ -528,8 +546,9 @@ impl Daemon {
                 }
             }
             let driver = self.driver_for(Some(kind))?;
+            let grace = if discard { Duration::ZERO } else { STOP_GRACE };
             let outcome = driver
-                .stop(&mut vm, STOP_GRACE)
+                .stop(&mut vm, grace)
                 .await
                 .map_err(|e| err(ErrorKind::Internal, format!("stopping VM {name}: {e}")))?;
             tracing::info!(vm = %name, method = ?outcome.method, "stopped");
@@ -555,7 +574,7 @@ impl Daemon {
         let _op = slot.op.lock().await;
         let rec = self.store.get_vm(name)?;
         if rec.state != VmState::Creating {
-            self.stop_locked(name, &slot).await?;
+            self.stop_locked(name, &slot, true).await?;
         }
         let dir = self.vm_dir(name);
         let d = Arc::clone(self);
@@ -725,6 +744,24 @@ impl Daemon {
                 )
             })?;
         Ok(())
+    }
+}
+
+/// Waits (bounded) until systemd in the guest reports the boot finished.
+/// Guests without systemd (an OCI image's own init) count as finished.
+async fn wait_boot_finished(uds: &Path, vm: &str) {
+    let client = banger_agent::client::AgentClient::hybrid(uds)
+        .with_connect_timeout(Duration::from_secs(10));
+    let req = banger_proto::agent::ExecRequest::new(["systemctl", "is-system-running", "--wait"]);
+    match tokio::time::timeout(READY_TIMEOUT, client.exec_capture(&req, b"")).await {
+        Ok(Ok(out)) => {
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if state != "running" && !state.is_empty() {
+                tracing::warn!(vm, state, "guest finished booting with failed units");
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(vm, "cannot ask the guest whether it finished booting: {e}"),
+        Err(_) => tracing::warn!(vm, "the guest did not finish booting in time"),
     }
 }
 

@@ -367,11 +367,10 @@ fn terminal_size() -> TtySize {
     }
 }
 
-pub async fn vm_ssh(client: &Client, a: VmSshArgs) -> anyhow::Result<ExitCode> {
-    let config = super::load_config()?;
-    let home = super::home()?;
-    let (key, _) = ssh::ensure_identity(&config, &home)?;
-    let vm: VmInfo = client.get(&format!("/v1/vms/{}", a.name)).await?;
+/// The VM, once it is running and its guest has come up (a VM started a
+/// moment ago is still booting).
+async fn wait_running(client: &Client, name: &str) -> anyhow::Result<VmInfo> {
+    let vm: VmInfo = client.get(&format!("/v1/vms/{name}")).await?;
     if vm.state != banger_proto::VmState::Running {
         bail!(
             "VM {} is {}; start it with `banger vm start {}`",
@@ -380,6 +379,21 @@ pub async fn vm_ssh(client: &Client, a: VmSshArgs) -> anyhow::Result<ExitCode> {
             vm.name
         );
     }
+    if vm.agent_ready {
+        return Ok(vm);
+    }
+    let path = format!("/v1/vms/{name}/ready?timeout_secs={READY_SECS}");
+    Ok(client
+        .post::<_, VmInfo>(&path, &())
+        .await
+        .with_context(|| format!("VM {name} is not ready; see `banger vm logs {name}`"))?)
+}
+
+pub async fn vm_ssh(client: &Client, a: VmSshArgs) -> anyhow::Result<ExitCode> {
+    let config = super::load_config()?;
+    let home = super::home()?;
+    let (key, _) = ssh::ensure_identity(&config, &home)?;
+    let vm = wait_running(client, &a.name).await?;
     let ssh_config = ssh::refresh_ssh_config(client, &key).await?;
     let tty = a.command.is_empty() && std::io::stdin().is_terminal();
     let args = ssh::ssh_args(&ssh_config, &vm, tty, &a.command)?;
@@ -390,15 +404,7 @@ pub async fn vm_ssh(client: &Client, a: VmSshArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn vm_exec(client: &Client, a: VmExecArgs) -> anyhow::Result<ExitCode> {
-    let vm: VmInfo = client.get(&format!("/v1/vms/{}", a.name)).await?;
-    if vm.state != banger_proto::VmState::Running {
-        bail!(
-            "VM {} is {}; start it with `banger vm start {}`",
-            vm.name,
-            vm.state,
-            vm.name
-        );
-    }
+    let vm = wait_running(client, &a.name).await?;
     let agent = agent_for(&vm)?;
     let code = exec_streaming(&agent, ExecRequest::new(a.command), a.tty).await?;
     Ok(ExitCode::from(

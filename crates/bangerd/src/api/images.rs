@@ -4,8 +4,8 @@ use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use banger_proto::{
-    BuildImageRequest, ErrorKind, ImageInfo, KernelInfo, RegisterImageRequest,
-    RegisterKernelRequest,
+    BuildImageRequest, BundleImageRequest, BundleInfo, ErrorKind, ImageInfo, KernelInfo, PullEvent,
+    PullImageRequest, RegisterImageRequest, RegisterKernelRequest,
 };
 use banger_store::{ImageRecord, KernelRecord};
 
@@ -16,6 +16,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/images", get(list_images))
         .route("/v1/images/build", post(build_image))
         .route("/v1/images/register", post(register_image))
+        .route("/v1/images/pull", post(pull_image))
+        .route("/v1/images/bundle", post(bundle_image))
         .route("/v1/kernels/register", post(register_kernel))
         .route("/v1/images/{name}", get(show_image).delete(delete_image))
         .route("/v1/kernels", get(list_kernels))
@@ -58,6 +60,59 @@ async fn build_image(
     };
     let (img, _) = d.build_image(req.name, profile, req.mirror).await?;
     Ok(Json(image_info(img)))
+}
+
+/// Streams newline-delimited JSON [`PullEvent`]s: progress, then one
+/// `image` or `error` line. The answer is 200 once streaming starts; the
+/// last line says how the pull ended.
+async fn pull_image(
+    State(d): State<AppState>,
+    ApiJson(req): ApiJson<PullImageRequest>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use tokio_stream::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PullEvent>();
+    // The pull runs to its end even if the client goes away: a finished
+    // pull is registered, an unfinished one leaves nothing.
+    tokio::task::spawn_blocking(move || {
+        let ptx = tx.clone();
+        let mut progress = |p| {
+            let _ = ptx.send(PullEvent::Progress(p));
+        };
+        let last = match d.pull_catalog_image(&req, &mut progress) {
+            Ok((img, _)) => PullEvent::Done {
+                image: image_info(img),
+            },
+            Err(f) => {
+                tracing::warn!(image = %req.name, "pull failed: {}", f.err.0.message);
+                PullEvent::Failed {
+                    error: f.err.0,
+                    unavailable: f.unavailable,
+                }
+            }
+        };
+        let _ = tx.send(last);
+    });
+    let lines = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|ev| {
+        let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(line))
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+async fn bundle_image(
+    State(d): State<AppState>,
+    ApiJson(req): ApiJson<BundleImageRequest>,
+) -> ApiResult<BundleInfo> {
+    let info = tokio::task::spawn_blocking(move || d.bundle_image(&req))
+        .await
+        .map_err(ApiErr::internal)??;
+    Ok(Json(info))
 }
 
 fn absolute(p: &str, what: &str) -> Result<std::path::PathBuf, ApiErr> {

@@ -31,7 +31,8 @@ impl ApiErr {
         Self::new(ErrorKind::BadRequest, msg)
     }
     pub fn internal(e: impl std::fmt::Display) -> Self {
-        Self::new(ErrorKind::Internal, e.to_string())
+        // `{:#}` keeps an anyhow context chain ("what: because: because").
+        Self::new(ErrorKind::Internal, format!("{e:#}"))
     }
 }
 
