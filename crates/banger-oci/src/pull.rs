@@ -185,6 +185,12 @@ pub fn pull_to_ext4(reference: &str, mut opts: PullOptions<'_>) -> Result<Pulled
     let cache = LayerCache::new(&opts.cache_dir);
     let mut client = Client::new(&reference, &opts.registry)?;
     let manifest = client.resolve(&reference)?;
+    tracing::info!(
+        reference = %reference,
+        manifest = %manifest.digest,
+        layers = manifest.layers.len(),
+        "resolved image"
+    );
     let config_bytes = client.small_blob(&manifest.config)?;
     let raw: RawConfig = serde_json::from_slice(&config_bytes).map_err(|e| Error::Config {
         digest: manifest.config.digest.clone(),
@@ -281,6 +287,7 @@ pub fn pull_to_ext4(reference: &str, mut opts: PullOptions<'_>) -> Result<Pulled
         };
         let res = flattener.apply_layer(&layer.digest, reader, Some(&raw.rootfs.diff_ids[i]));
         if let Err(e) = res {
+            tracing::warn!(layer = %layer.digest, error = %e, "layer refused; evicted from the cache");
             // The bytes match their digest, but their content was refused:
             // keep nothing of it around as if it were usable.
             let _ = cache.remove(&layer.digest);
@@ -336,6 +343,7 @@ pub fn pull_to_ext4(reference: &str, mut opts: PullOptions<'_>) -> Result<Pulled
     let dir = opts.images_dir.join(&sha);
     store::install_dir(tmp, &dir)?;
     let image = ImageRecord::load(&dir)?;
+    tracing::info!(reference = %reference, dir = %dir.display(), downloaded, "image installed");
     Ok(PulledImage {
         reference,
         config_path: dir.join(OCI_CONFIG),
