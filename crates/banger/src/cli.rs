@@ -238,6 +238,13 @@ pub enum ImageCommand {
     Register(ImageRegisterArgs),
     /// Produce a signed bundle from an image, for publishing in a catalog.
     Bundle(ImageBundleArgs),
+    /// Create an ed25519 key pair for signing bundles (SECRET is written 0600).
+    Keygen {
+        /// Where to write the secret signing key (must not exist).
+        secret: PathBuf,
+        /// Where to write the public key (the catalog entry's public_key).
+        public: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

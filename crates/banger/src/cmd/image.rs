@@ -4,16 +4,38 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use banger_core::size::format_size;
-use banger_proto::{ImageInfo, KernelInfo};
+use banger_proto::{ImageInfo, KernelInfo, PullEvent, PullProgress};
 
 use crate::cli::{ImageCommand, KernelCommand};
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 use crate::output;
 
 /// The daemon resolves paths itself; relative ones would mean its cwd.
 fn absolute(p: &std::path::Path) -> anyhow::Result<String> {
     let abs = std::fs::canonicalize(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
     Ok(abs.display().to_string())
+}
+
+/// An absolute path for a file the daemon will create: the parent must
+/// exist, the path itself not.
+fn absolute_new(p: &std::path::Path) -> anyhow::Result<String> {
+    let name = p
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("{}: not a file or directory name", p.display()))?;
+    let parent = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let parent =
+        std::fs::canonicalize(parent).map_err(|e| anyhow::anyhow!("{}: {e}", parent.display()))?;
+    let full = parent.join(name);
+    if full.exists() {
+        bail!(
+            "{} already exists; choose a new --out directory",
+            full.display()
+        );
+    }
+    Ok(full.display().to_string())
 }
 
 fn short_digest(d: &str) -> String {
@@ -70,7 +92,22 @@ pub async fn run_image(client: &Client, c: ImageCommand) -> anyhow::Result<ExitC
             let i: ImageInfo = client.delete(&format!("/v1/images/{}", n.name)).await?;
             println!("deleted image {}", i.name);
         }
-        ImageCommand::Pull(_) => bail!("`banger image pull` is not available in this build yet"),
+        ImageCommand::Pull(a) => {
+            if let Some(msg) = oci_reference_error(&a.reference) {
+                bail!(msg);
+            }
+            let i = match pull(client, &a.reference, a.name).await {
+                Ok(i) => i,
+                Err(PullError::Client(e)) => return Err(e.into()),
+                Err(PullError::Failed { message, .. }) => bail!(message),
+            };
+            println!(
+                "pulled image {} ({}, {})",
+                i.name,
+                short_digest(&i.digest),
+                format_size(i.size_bytes)
+            );
+        }
         ImageCommand::Build(a) => {
             let profile = match a.profile {
                 crate::cli::Profile::Full => "full",
@@ -111,8 +148,45 @@ pub async fn run_image(client: &Client, c: ImageCommand) -> anyhow::Result<ExitC
                 .await?;
             println!("registered image {} ({})", i.name, short_digest(&i.digest));
         }
-        ImageCommand::Bundle(_) => {
-            bail!("`banger image bundle` is not available in this build yet")
+        ImageCommand::Bundle(a) => {
+            // The daemon reads the key and writes the bundle: on a systemd
+            // host only it can read the image store.
+            let key = absolute(&a.key)?;
+            let out = absolute_new(&a.out)?;
+            eprintln!(
+                "bundling image {} into {out} (zstd; a minute for a full image)",
+                a.name
+            );
+            let b: banger_proto::BundleInfo = client
+                .post(
+                    "/v1/images/bundle",
+                    &banger_proto::BundleImageRequest {
+                        name: a.name.clone(),
+                        key,
+                        out,
+                    },
+                )
+                .await?;
+            println!(
+                "bundle written to {} ({})\n\nPublish that directory at a URL and add this catalog entry:\n{}",
+                b.dir,
+                format_size(b.size_bytes),
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "name": a.name,
+                    "url": "https://<where you publish it>/",
+                    "manifest_sha256": b.manifest_sha256,
+                    "public_key": b.public_key,
+                }))?
+            );
+        }
+        ImageCommand::Keygen { secret, public } => {
+            let vk = banger_image::bundle::generate_key(&secret, &public)?;
+            println!(
+                "secret key: {} (keep it private)\npublic key: {} = {}",
+                secret.display(),
+                public.display(),
+                banger_image::bundle::public_key_base64(&vk)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -169,4 +243,209 @@ pub async fn run_kernel(client: &Client, c: KernelCommand) -> anyhow::Result<Exi
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Catalog names are plain names; '/' or ':' means an OCI reference.
+pub(crate) fn oci_reference_error(name: &str) -> Option<String> {
+    (name.contains('/') || name.contains(':')).then(|| {
+        format!(
+            "{name:?} looks like an OCI reference; OCI pulls arrive with the OCI support. \
+             For now `banger image pull` takes a catalog name such as {}",
+            banger_core::config::DEFAULT_IMAGE_NAME
+        )
+    })
+}
+
+/// How a pull failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PullError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// `unavailable`: no such catalog entry or the server could not be
+    /// reached, as opposed to a refused (tampered, corrupt) bundle.
+    #[error("{message}")]
+    Failed { message: String, unavailable: bool },
+}
+
+/// Pulls catalog entry `name` through the daemon, drawing progress on
+/// stderr (a bar on a terminal, a line per phase otherwise).
+pub(crate) async fn pull(
+    client: &Client,
+    name: &str,
+    local_name: Option<String>,
+) -> Result<ImageInfo, PullError> {
+    let req = banger_proto::PullImageRequest {
+        name: name.to_string(),
+        catalog: None,
+        local_name,
+    };
+    let mut view = ProgressView::new(name);
+    let mut result = None;
+    post_lines(
+        client,
+        "/v1/images/pull",
+        &req,
+        |line| match serde_json::from_slice::<PullEvent>(line) {
+            Ok(PullEvent::Progress(p)) => view.update(&p),
+            Ok(PullEvent::Done { image }) => result = Some(Ok(image)),
+            Ok(PullEvent::Failed { error, unavailable }) => {
+                result = Some(Err(PullError::Failed {
+                    message: error.message,
+                    unavailable,
+                }))
+            }
+            Err(e) => {
+                result = Some(Err(PullError::Client(ClientError::BadAnswer {
+                    status: hyper::StatusCode::OK,
+                    detail: format!("unreadable pull event: {e}"),
+                })))
+            }
+        },
+    )
+    .await?;
+    view.finish();
+    result.unwrap_or_else(|| {
+        Err(PullError::Failed {
+            message: "bangerd ended the pull without saying how it went; see `journalctl -u bangerd` or its log".into(),
+            unavailable: false,
+        })
+    })
+}
+
+/// Draws pull progress: an indicatif bar when stderr is a terminal, plain
+/// lines (one per phase and file) otherwise.
+struct ProgressView {
+    bar: Option<indicatif::ProgressBar>,
+    last: String,
+}
+
+impl ProgressView {
+    fn new(name: &str) -> Self {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(0);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg:30} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_message(format!("pulling {name}"));
+            b
+        });
+        ProgressView {
+            bar,
+            last: String::new(),
+        }
+    }
+
+    fn update(&mut self, p: &PullProgress) {
+        let key = format!("{} {}", p.phase, p.file);
+        match &self.bar {
+            Some(b) => {
+                b.set_length(p.total);
+                b.set_position(p.done);
+                if key != self.last {
+                    b.set_message(key.clone());
+                }
+            }
+            None if key != self.last => eprintln!(
+                "{key} ({} of {})",
+                format_size(p.done),
+                format_size(p.total)
+            ),
+            None => {}
+        }
+        self.last = key;
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for ProgressView {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// POST `body` and hand each newline-terminated line of the streamed answer
+/// to `on_line` as it arrives (client.rs's `stream` is GET-only).
+async fn post_lines<B: serde::Serialize>(
+    client: &Client,
+    path: &str,
+    body: &B,
+    mut on_line: impl FnMut(&[u8]),
+) -> Result<(), ClientError> {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    let socket = client.socket().to_path_buf();
+    let transport = |detail: String| ClientError::Transport {
+        socket: socket.clone(),
+        detail,
+    };
+    let body = serde_json::to_vec(body).map_err(|e| transport(e.to_string()))?;
+    let stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .map_err(|e| ClientError::DaemonDown {
+            socket: socket.clone(),
+            reason: e.to_string(),
+        })?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = hyper::Request::builder()
+        .method(hyper::Method::POST)
+        .uri(path)
+        .header(hyper::header::HOST, "bangerd")
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| transport(e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| transport(e.to_string()))?;
+    let status = resp.status();
+    let mut resp_body = resp.into_body();
+    if !status.is_success() {
+        let bytes = resp_body
+            .collect()
+            .await
+            .map_err(|e| transport(e.to_string()))?
+            .to_bytes();
+        return Err(
+            match serde_json::from_slice::<banger_proto::ApiError>(&bytes) {
+                Ok(e) => ClientError::Api(e),
+                Err(_) => ClientError::BadAnswer {
+                    status,
+                    detail: String::from_utf8_lossy(&bytes).into_owned(),
+                },
+            },
+        );
+    }
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(frame) = resp_body.frame().await {
+        let frame = frame.map_err(|e| transport(e.to_string()))?;
+        if let Some(data) = frame.data_ref() {
+            pending.extend_from_slice(data);
+            while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=i).collect();
+                if line.len() > 1 {
+                    on_line(&line[..line.len() - 1]);
+                }
+            }
+        }
+    }
+    if !pending.is_empty() {
+        on_line(&pending);
+    }
+    Ok(())
 }

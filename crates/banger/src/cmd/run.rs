@@ -69,11 +69,34 @@ async fn ensure_image(client: &Client, name: &str, phases: &mut Phases) -> anyho
             "no image named {name:?}; pull it (`banger image pull {name}`) or build it (`banger image build {name}`)"
         );
     }
+    // The signed catalog bundle is seconds to minutes; a local build is
+    // minutes. Fall back to building only when the bundle cannot be had:
+    // a bundle that fails verification is an error, never silently replaced.
     phases.begin(&format!(
-        "image {name} is not here yet: building it from Debian packages (a few minutes, once)"
+        "image {name} is not here yet: pulling it from the catalog"
+    ));
+    eprintln!("banger: image {name} is not present locally; pulling the signed catalog bundle");
+    let why = match super::image::pull(client, name, None).await {
+        Ok(i) => {
+            eprintln!("banger: pulled image {} ({})", i.name, i.origin);
+            phases.end("image");
+            return Ok(());
+        }
+        Err(super::image::PullError::Failed {
+            message,
+            unavailable: true,
+        }) => message,
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "{e}\n(`banger image build {name}` builds the image locally instead)"
+            ));
+        }
+    };
+    phases.begin(&format!(
+        "image {name}: building it from Debian packages (a few minutes, once)"
     ));
     eprintln!(
-        "banger: image {name} is not present locally; building it with mmdebstrap (no catalog bundle was used)"
+        "banger: no catalog bundle for {name} ({why}); building it locally with mmdebstrap instead"
     );
     let _: ImageInfo = client
         .post(
@@ -383,10 +406,10 @@ async fn wait_running(client: &Client, name: &str) -> anyhow::Result<VmInfo> {
         return Ok(vm);
     }
     let path = format!("/v1/vms/{name}/ready?timeout_secs={READY_SECS}");
-    Ok(client
+    client
         .post::<_, VmInfo>(&path, &())
         .await
-        .with_context(|| format!("VM {name} is not ready; see `banger vm logs {name}`"))?)
+        .with_context(|| format!("VM {name} is not ready; see `banger vm logs {name}`"))
 }
 
 pub async fn vm_ssh(client: &Client, a: VmSshArgs) -> anyhow::Result<ExitCode> {
