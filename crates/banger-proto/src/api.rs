@@ -296,6 +296,70 @@ pub struct Check {
     pub required: bool,
 }
 
+/// Body of `POST /v1/images/pull`: a catalog bundle by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullImageRequest {
+    /// The catalog entry's name (e.g. debian-bookworm).
+    pub name: String,
+    /// Absolute path of a catalog file to use instead of the configured or
+    /// embedded one.
+    #[serde(default)]
+    pub catalog: Option<String>,
+    /// Local image name; default: `name`.
+    #[serde(default)]
+    pub local_name: Option<String>,
+}
+
+/// Progress of a pull: one line of the `POST /v1/images/pull` stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullProgress {
+    /// `download`, `decompress` or `install`.
+    pub phase: String,
+    /// The bundle file being worked on.
+    pub file: String,
+    /// Bytes done and total over the whole bundle (compressed).
+    pub done: u64,
+    pub total: u64,
+}
+
+/// One newline-delimited JSON line of the `POST /v1/images/pull` answer:
+/// progress lines, then exactly one `image` or `error` line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PullEvent {
+    Progress(PullProgress),
+    Done {
+        image: ImageInfo,
+    },
+    Failed {
+        error: ApiError,
+        /// The bundle could not be had (no catalog entry, unpinned entry,
+        /// server unreachable) as opposed to refused (tampered, corrupt):
+        /// building the image locally instead is the sensible next step.
+        #[serde(default)]
+        unavailable: bool,
+    },
+}
+
+/// Body of `POST /v1/images/bundle`: paths are the daemon's, absolute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleImageRequest {
+    pub name: String,
+    /// ed25519 signing key file (from `banger image keygen`).
+    pub key: String,
+    /// Directory to create; must not exist yet.
+    pub out: String,
+}
+
+/// Answer of `POST /v1/images/bundle`: what a catalog entry needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleInfo {
+    pub dir: String,
+    pub manifest_sha256: String,
+    pub public_key: String,
+    pub size_bytes: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
