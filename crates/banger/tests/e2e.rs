@@ -169,6 +169,11 @@ impl Env {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        self.start_daemon();
+    }
+
+    fn start_daemon(&mut self) {
+        let root_sock = self.path("root/root.sock");
         let mut args: Vec<String> = vec![
             "--socket".into(),
             self.socket().display().to_string(),
@@ -196,6 +201,21 @@ impl Env {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// SIGTERM the daemon and wait for it to exit (bounded); VMs keep running.
+    fn stop_daemon(&mut self) {
+        let mut c = self.daemon.take().expect("daemon running");
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "bangerd ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // keep the first run's log next to the second's
+        let old = self.log("bangerd.log");
+        std::fs::write(self.path("bangerd-1.log"), old).expect("save log");
     }
 
     fn log(&self, name: &str) -> String {
@@ -562,6 +582,13 @@ fn real_guests_end_to_end() {
     let (code, out, _) = env.banger(&["vm", "exec", "box", "--", "no-such-command"], SHORT);
     assert_eq!(code, 127, "{out}");
 
+    // a daemon restart does not stop running VMs: they are re-adopted
+    env.stop_daemon();
+    env.start_daemon();
+    let (code, out, _) = env.banger(&["vm", "exec", "box", "--", "cat", "/etc/hostname"], LONG);
+    assert_eq!((code, out.trim()), (0, "box"), "re-adopted VM still answers");
+    assert!(env.log("bangerd.log").contains("re-adopted running VM"), "{}", env.log("bangerd.log"));
+
     let (code, out, _) = env.banger(&["vm", "show", "box", "--json"], SHORT);
     assert_eq!(code, 0);
     let info: serde_json::Value = serde_json::from_str(&out).expect("json");
@@ -602,6 +629,25 @@ fn real_guests_end_to_end() {
     let (code, out, _) = env.banger(&["vm", "logs", "box"], SHORT);
     assert_eq!(code, 0);
     assert!(!out.is_empty(), "console log is kept");
+
+    // a VMM that dies shows as stopped, with why and the console's tail
+    let (_, out, _) = env.banger(&["vm", "show", "box", "--json"], SHORT);
+    let info: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let pid = info["pid"].as_i64().expect("pid");
+    // SAFETY: the VMM pid our own daemon reports for our own VM.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let info = loop {
+        let (_, out, _) = env.banger(&["vm", "show", "box", "--json"], SHORT);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        if v["state"] == "stopped" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "crash not noticed: {v}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let reason = info["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("exited unexpectedly") && reason.contains("console tail"), "{reason}");
 
     // delete frees everything
     let (code, _, _) = env.banger(&["vm", "delete", "box"], LONG);
