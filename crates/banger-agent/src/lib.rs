@@ -7,11 +7,13 @@
 //! * [`client`]: what the daemon calls: [`client::AgentClient`] over
 //!   Firecracker's hybrid vsock (`CONNECT <port>`), and
 //!   [`client::ReadinessListener`] for the boot-time announcement.
+//! * [`init`]: `banger-init`, PID 1 for OCI images without an init.
 //! * [`unpack`]: tar extraction that can never write outside its target.
 //!
 //! The wire format is in [`banger_proto::agent`].
 
 pub mod client;
+pub mod init;
 pub mod server;
 pub mod unpack;
 pub mod wire;

@@ -2,6 +2,9 @@
 //!
 //! Listens on vsock port `AGENT_PORT` (or a Unix socket for tests) and, at
 //! start, announces readiness to the host (CID 2, `READY_PORT`).
+//!
+//! As PID 1 (or with `--init`) it is `banger-init` instead: see
+//! [`banger_agent::init`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -195,6 +198,11 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 fn main() -> std::process::ExitCode {
+    // Injected as /sbin/banger-init into images without an init of their own.
+    let argv: Vec<String> = std::env::args().collect();
+    if banger_agent::init::wanted(&argv) {
+        banger_agent::init::run();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BANGER_AGENT_LOG")
