@@ -6,6 +6,7 @@ pub mod file_sync;
 pub mod guest;
 pub mod images;
 pub mod logging;
+pub mod oci;
 pub mod socket;
 pub mod vms;
 

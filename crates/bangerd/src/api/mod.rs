@@ -2,6 +2,7 @@
 //! daemon, and map typed errors to typed JSON answers.
 
 mod images;
+mod oci;
 mod vms;
 
 use std::sync::Arc;
@@ -99,6 +100,7 @@ pub fn router(daemon: AppState) -> Router {
         .route("/v1/names", get(names))
         .merge(vms::routes())
         .merge(images::routes())
+        .merge(oci::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(daemon)

@@ -1,0 +1,47 @@
+//! `POST /v1/images/oci-pull`: any registry image as a banger image.
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+
+use super::{ApiJson, AppState};
+use crate::oci::{OciPullEvent, OciPullRequest};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/images/oci-pull", post(oci_pull))
+}
+
+/// Streams newline-delimited JSON [`OciPullEvent`]s: per-layer progress,
+/// then one `done` or `failed` line. The answer is 200 once streaming
+/// starts; the last line says how the pull ended.
+async fn oci_pull(State(d): State<AppState>, ApiJson(req): ApiJson<OciPullRequest>) -> Response {
+    use tokio_stream::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<OciPullEvent>();
+    // The pull runs to its end even if the client goes away: a finished
+    // pull is registered, an unfinished one leaves nothing.
+    tokio::task::spawn_blocking(move || {
+        let ptx = tx.clone();
+        let mut progress = |ev| {
+            let _ = ptx.send(ev);
+        };
+        let last = match d.pull_oci_image(&req, &mut progress) {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(reference = %req.reference, "OCI pull failed: {}", e.0.message);
+                OciPullEvent::Failed { error: e.0 }
+            }
+        };
+        let _ = tx.send(last);
+    });
+    let lines = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|ev| {
+        let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(line))
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
+}
