@@ -222,3 +222,151 @@ fn keygen_bundle_and_pull_round_trip() {
     let show: serde_json::Value = serde_json::from_str(&show).expect("json");
     assert_eq!(show["digest"], format!("sha256:{}", img.manifest.sha256));
 }
+
+/// Serves files from `root` like [`FileServer`], except that the body of
+/// `rootfs.ext4.zst` stops after half and the connection then hangs (up to
+/// 30 s): a pull that is certainly in the middle of its download.
+fn stalling_server(root: std::path::PathBuf) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut first = String::new();
+                let _ = reader.read_line(&mut first);
+                loop {
+                    let mut l = String::new();
+                    if reader.read_line(&mut l).unwrap_or(0) == 0 || l.trim().is_empty() {
+                        break;
+                    }
+                }
+                let path = first.split_whitespace().nth(1).unwrap_or("/");
+                let rel = path.trim_start_matches('/');
+                let mut out = conn;
+                let Ok(body) = std::fs::read(root.join(rel)) else {
+                    let _ = out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                    return;
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = out.write_all(head.as_bytes());
+                if rel.ends_with("rootfs.ext4.zst") {
+                    let _ = out.write_all(&body[..body.len() / 2]);
+                    let _ = out.flush();
+                    std::thread::sleep(std::time::Duration::from_secs(30));
+                } else {
+                    let _ = out.write_all(&body);
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn kill_9_mid_pull_leaves_no_image_and_the_next_pull_resumes() {
+    use std::time::{Duration, Instant};
+    if skip() {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tmp");
+    let (img, k) = scratch_image(&work.path().join("scratch"));
+    let served = work.path().join("served");
+    std::fs::create_dir_all(&served).expect("mkdir");
+    let (secret, public) = (work.path().join("k"), work.path().join("k.pub"));
+    banger_image::bundle::generate_key(&secret, &public).expect("keygen");
+    let key = banger_image::bundle::load_signing_key(&secret).expect("key");
+    let b = banger_image::bundle::bundle(&img, &k, &key, &served.join("b")).expect("bundle");
+    let catalog = work.path().join("catalog.json");
+    let write_catalog = |url: &str| {
+        let c = serde_json::json!({"format": 1, "entries": [
+            catalog_entry("cli-image", url, &b.manifest_sha256, &b.public_key)
+        ]});
+        std::fs::write(&catalog, serde_json::to_vec(&c).expect("json")).expect("write");
+    };
+    write_catalog(&format!("http://{}/b", stalling_server(served.clone())));
+    let d = Daemon::prepare();
+    std::fs::write(
+        d.root().join("config.toml"),
+        format!("catalog_file = {:?}\n", catalog.display().to_string()),
+    )
+    .expect("config");
+    let d = d.start();
+    let downloads = d.root().join("cache/downloads");
+    let mut cli = d
+        .cli()
+        .args(["image", "pull", "cli-image"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn banger");
+    // wait until the rootfs download is under way
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let part = loop {
+        let found = std::fs::read_dir(&downloads).ok().and_then(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .find(|p| p.to_string_lossy().ends_with(".zst.part"))
+        });
+        if let Some(p) = found
+            && std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0) > 0
+        {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pull never started downloading; daemon log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let pid = d.pid() as i32;
+    // SAFETY: signalling and reaping our own child by its pid.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = cli.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = cli.kill();
+            panic!("banger image pull did not notice the daemon died");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "a pull whose daemon died fails");
+
+    // no image, no kernel, no temp dirs; only the resumable .part
+    let state = d.state_dir();
+    for dir in [state.join("images"), state.join("kernels")] {
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{} has {left:?}", dir.display());
+    }
+    let half = std::fs::metadata(&part).expect("part kept").len();
+
+    // restarted against a healthy server, the pull resumes and registers
+    let srv = FileServer::start(served.clone());
+    write_catalog(&srv.url("b"));
+    let d = d.start();
+    let (_, list, _) = run(d.cli().args(["image", "list", "--json"]));
+    assert_eq!(list.trim(), "[]", "nothing registered by the killed pull");
+    let (code, out, err) = run(d.cli().args(["image", "pull", "cli-image"]));
+    assert_eq!(code, 0, "pull failed: {err}\ndaemon log:\n{}", d.log());
+    assert!(out.contains("pulled image cli-image"), "{out}");
+    let resumed = srv
+        .log()
+        .iter()
+        .any(|l| l.path.ends_with("rootfs.ext4.zst") && l.range_start == Some(half));
+    assert!(resumed, "resumed from byte {half}: {:?}", srv.log());
+    assert!(!part.exists(), "the .part is removed once installed");
+}
