@@ -242,8 +242,25 @@ impl Daemon {
             .into());
         }
         let catalog = self.catalog(req.catalog.as_deref())?;
-        let entry = catalog.find(&req.name).map_err(|e| {
-            PullFailure::unavailable(ApiErr::new(ErrorKind::NotFound, e.to_string()))
+        let entry = catalog.find(&req.name).map_err(|_| {
+            let source = match (&req.catalog, &self.config.catalog_file) {
+                (Some(f), _) => format!("catalog file {f}"),
+                (None, Some(f)) => format!("catalog_file {} from config", f.0),
+                (None, None) => "the catalog built into banger".to_string(),
+            };
+            let names: Vec<&str> = catalog.entries.iter().map(|e| e.name.as_str()).collect();
+            let has = if names.is_empty() {
+                "it has no entries".to_string()
+            } else {
+                format!("it has: {}", names.join(", "))
+            };
+            PullFailure::unavailable(ApiErr::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no image named {:?} in the catalog ({source}; {has}); set catalog_file in config to use another catalog, or build the image locally with `banger image build`",
+                    req.name
+                ),
+            ))
         })?;
         let _guard = PULL_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let mut last = (String::new(), std::time::Instant::now());
