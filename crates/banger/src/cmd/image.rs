@@ -93,8 +93,8 @@ pub async fn run_image(client: &Client, c: ImageCommand) -> anyhow::Result<ExitC
             println!("deleted image {}", i.name);
         }
         ImageCommand::Pull(a) => {
-            if let Some(msg) = oci_reference_error(&a.reference) {
-                bail!(msg);
+            if oci_reference_error(&a.reference).is_some() {
+                return super::oci::run_pull(client, &a.reference, a.name.as_deref()).await;
             }
             let i = match pull(client, &a.reference, a.name).await {
                 Ok(i) => i,

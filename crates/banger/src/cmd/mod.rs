@@ -3,6 +3,7 @@
 mod config;
 mod cp;
 mod image;
+mod oci;
 mod run;
 mod ssh;
 mod ssh_config;

@@ -211,7 +211,14 @@ pub async fn vm_run(client: &Client, a: VmRunArgs) -> anyhow::Result<ExitCode> {
         .image
         .clone()
         .unwrap_or_else(|| config.image_name().value);
-    ensure_image(client, &image, &mut phases).await?;
+    // An OCI reference is pulled on demand and runs under its store name.
+    let (image, oci) = if super::oci::is_reference(&image) {
+        let p = super::oci::ensure(client, &image).await?;
+        (p.image.name, Some(p.config))
+    } else {
+        ensure_image(client, &image, &mut phases).await?;
+        (image, None)
+    };
 
     let mut req = vm::create_request(&a.shape, true)?;
     req.image = Some(image);
@@ -236,7 +243,16 @@ pub async fn vm_run(client: &Client, a: VmRunArgs) -> anyhow::Result<ExitCode> {
     );
     phases.end("create");
 
-    let result = run_in_vm(client, &a, &name, workspace, &key, &mut phases).await;
+    let result = run_in_vm(
+        client,
+        &a,
+        &name,
+        workspace,
+        &key,
+        oci.as_ref(),
+        &mut phases,
+    )
+    .await;
     let delete = a.rm && !matches!(&result, Err(RunError::NotReady(_)));
     if delete {
         match client.delete::<VmInfo>(&format!("/v1/vms/{name}")).await {
@@ -281,6 +297,7 @@ async fn run_in_vm(
     name: &str,
     workspace: Option<(std::path::PathBuf, Source, Vec<String>)>,
     key: &Path,
+    oci: Option<&super::oci::RunConfig>,
     phases: &mut Phases,
 ) -> Result<i32, RunError> {
     phases.begin("waiting for the guest to boot");
@@ -310,6 +327,9 @@ async fn run_in_vm(
         phases.begin("running the command");
         let mut req = ExecRequest::new(a.command.clone());
         req.cwd = cwd;
+        if let Some(c) = oci {
+            c.apply(&mut req);
+        }
         let code = exec_streaming(&agent, req, false).await?;
         phases.end("command");
         return Ok(code);
