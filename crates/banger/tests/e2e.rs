@@ -525,7 +525,8 @@ fn real_guests_end_to_end() {
             "--",
             "sh",
             "-c",
-            "test -f untracked.txt && test ! -e ignored.txt",
+            "test -f untracked.txt && test ! -e ignored.txt && sleep 2 \
+             && grep -q 'nothing to install' /root/.cache/banger/vm-run-tooling-myrepo.log",
         ],
         LONG,
     );
@@ -586,8 +587,16 @@ fn real_guests_end_to_end() {
     env.stop_daemon();
     env.start_daemon();
     let (code, out, _) = env.banger(&["vm", "exec", "box", "--", "cat", "/etc/hostname"], LONG);
-    assert_eq!((code, out.trim()), (0, "box"), "re-adopted VM still answers");
-    assert!(env.log("bangerd.log").contains("re-adopted running VM"), "{}", env.log("bangerd.log"));
+    assert_eq!(
+        (code, out.trim()),
+        (0, "box"),
+        "re-adopted VM still answers"
+    );
+    assert!(
+        env.log("bangerd.log").contains("re-adopted running VM"),
+        "{}",
+        env.log("bangerd.log")
+    );
 
     let (code, out, _) = env.banger(&["vm", "show", "box", "--json"], SHORT);
     assert_eq!(code, 0);
@@ -647,7 +656,10 @@ fn real_guests_end_to_end() {
         std::thread::sleep(Duration::from_millis(500));
     };
     let reason = info["reason"].as_str().unwrap_or("");
-    assert!(reason.contains("exited unexpectedly") && reason.contains("console tail"), "{reason}");
+    assert!(
+        reason.contains("exited unexpectedly") && reason.contains("console tail"),
+        "{reason}"
+    );
 
     // delete frees everything
     let (code, _, _) = env.banger(&["vm", "delete", "box"], LONG);
