@@ -63,7 +63,7 @@ impl From<banger_oci::ImageConfig> for OciRunConfig {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum OciPullEvent {
     Progress {
-        /// 1-based layer number (`layers` + 0 for the final ext4 step).
+        /// 0-based layer index (`layers` for the final ext4 step).
         layer: usize,
         layers: usize,
         digest: String,

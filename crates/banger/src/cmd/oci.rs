@@ -134,6 +134,8 @@ impl Lines {
             return;
         }
         self.last = Some(key);
+        // bangerd numbers layers from 0; people count from 1.
+        let layer = layer + 1;
         match phase {
             "ext4" => eprintln!("building and checking the ext4 image ({layers} layers)"),
             "downloading" => eprintln!(
