@@ -177,8 +177,8 @@ impl From<ApiErr> for PullFailure {
 pub fn oci_reference_error(name: &str) -> Option<String> {
     (name.contains('/') || name.contains(':')).then(|| {
         format!(
-            "{name:?} looks like an OCI reference; OCI pulls arrive with the OCI support. \
-             `banger image pull` takes a catalog name such as {}",
+            "{name:?} is an OCI reference, not a catalog name (such as {}); \
+             OCI images are pulled with POST /v1/images/oci-pull",
             banger_core::config::DEFAULT_IMAGE_NAME
         )
     })

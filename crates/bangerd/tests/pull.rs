@@ -360,7 +360,7 @@ fn missing_or_unreachable_bundles_are_unavailable_and_leave_nothing() {
         .expect_err("OCI reference");
     assert!(!f.unavailable);
     assert!(
-        f.err.0.message.contains("OCI support"),
+        f.err.0.message.contains("OCI reference"),
         "{}",
         f.err.0.message
     );

@@ -245,12 +245,12 @@ pub async fn run_kernel(client: &Client, c: KernelCommand) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-/// Catalog names are plain names; '/' or ':' means an OCI reference.
+/// Catalog names are plain names; '/' or ':' means an OCI reference
+/// (`image pull` then takes the OCI path).
 pub(crate) fn oci_reference_error(name: &str) -> Option<String> {
     (name.contains('/') || name.contains(':')).then(|| {
         format!(
-            "{name:?} looks like an OCI reference; OCI pulls arrive with the OCI support. \
-             For now `banger image pull` takes a catalog name such as {}",
+            "{name:?} is an OCI reference, not a catalog name such as {}",
             banger_core::config::DEFAULT_IMAGE_NAME
         )
     })
