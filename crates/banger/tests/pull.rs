@@ -365,3 +365,20 @@ fn kill_9_mid_pull_leaves_no_image_and_the_next_pull_resumes() {
     assert!(resumed, "resumed from byte {half}: {:?}", srv.log());
     assert!(!part.exists(), "the .part is removed once installed");
 }
+
+#[test]
+fn vm_run_with_a_missing_image_tries_the_catalog_and_says_why_not() {
+    let d = Daemon::prepare().start();
+    let (code, _, err) = run(d
+        .cli()
+        .args(["vm", "run", "--image", "not-here", "--", "true"])
+        .env("HOME", d.root()));
+    assert_ne!(code, 0);
+    assert!(err.contains("pulling the signed catalog bundle"), "{err}");
+    assert!(
+        err.contains("no image named \"not-here\" here, and the catalog cannot supply it"),
+        "{err}"
+    );
+    let (_, out, _) = run(d.cli().args(["vm", "list", "--json"]));
+    assert_eq!(out.trim(), "[]", "no VM created");
+}

@@ -64,17 +64,11 @@ async fn ensure_image(client: &Client, name: &str, phases: &mut Phases) -> anyho
         Err(ClientError::Api(e)) if e.kind == ErrorKind::NotFound => {}
         Err(e) => return Err(e.into()),
     }
-    if name != banger_core::config::DEFAULT_IMAGE_NAME {
-        bail!(
-            "no image named {name:?}; pull it (`banger image pull {name}`) or build it (`banger image build {name}`)"
-        );
-    }
-    // The signed catalog bundle is seconds to minutes; a local build is
-    // minutes. Fall back to building only when the bundle cannot be had:
-    // a bundle that fails verification is an error, never silently replaced.
-    phases.begin(&format!(
-        "image {name} is not here yet: pulling it from the catalog"
-    ));
+    // The signed catalog bundle takes seconds to minutes; a local build,
+    // minutes. Build only when the bundle cannot be had (no catalog entry,
+    // server unreachable): a bundle that fails verification is an error,
+    // never silently replaced.
+    phases.begin(&format!("image {name} is not here yet: trying the catalog"));
     eprintln!("banger: image {name} is not present locally; pulling the signed catalog bundle");
     let why = match super::image::pull(client, name, None).await {
         Ok(i) => {
@@ -92,6 +86,14 @@ async fn ensure_image(client: &Client, name: &str, phases: &mut Phases) -> anyho
             ));
         }
     };
+    // Only the default image is what a local build produces.
+    if name != banger_core::config::DEFAULT_IMAGE_NAME {
+        bail!(
+            "no image named {name:?} here, and the catalog cannot supply it: {why}\n\
+             Build it (`banger image build {name}`), register one (`banger image register`), \
+             or pull an OCI image (`banger image pull REF --name {name}`)"
+        );
+    }
     phases.begin(&format!(
         "image {name}: building it from Debian packages (a few minutes, once)"
     ));
