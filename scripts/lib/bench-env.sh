@@ -94,6 +94,11 @@ bench_find_image() {
     timeout 1800 "$BENCH_TARGET/release/examples/image-tool" build --profile minimal --out "$d" \
         --name "$BENCH_IMAGE" --agent "$BENCH_AGENT" --agent-unit "$unit" >&2
     BENCH_IMAGE_DIR_FOUND=$d
+    # Images for older agents are never used again: keep only this one.
+    local old
+    for old in "$BENCH_TARGET"/banger-bench-cache/*/; do
+        [ "${old%/}" = "$d" ] || rm -rf "${old%/}"
+    done
 }
 
 # Runs "$@" in the namespace with the bench HOME.

@@ -107,7 +107,7 @@ pub async fn vm_cp(client: &Client, a: VmCpArgs) -> anyhow::Result<ExitCode> {
     match plan(&a.src, &a.dst)? {
         Plan::ToGuest { src, vm, dst } => {
             let agent = agent_for(&wait_running(client, &vm).await?)?;
-            to_guest(&agent, &src, &dst)
+            to_guest(&agent, &vm, &src, &dst)
                 .await
                 .with_context(|| format!("copying {} to {vm}:{dst}", src.display()))?;
         }
@@ -192,6 +192,7 @@ fn guest_parent(path: &str) -> String {
 /// Where a host → guest copy lands: the directory to unpack into and the
 /// name of the top-level entry.
 fn guest_target(
+    vm: &str,
     src_is_dir: bool,
     src_name: &str,
     dst: &str,
@@ -201,7 +202,7 @@ fn guest_target(
     match kind {
         GuestKind::Dir => Ok((dst.to_string(), src_name.to_string())),
         GuestKind::NoParent => bail!(
-            "the guest directory {} does not exist (create it first, e.g. `banger vm exec NAME -- mkdir -p {}`)",
+            "the guest directory {} does not exist (create it first, e.g. `banger vm exec {vm} -- mkdir -p {}`)",
             guest_parent(dst),
             guest_parent(dst)
         ),
@@ -252,12 +253,12 @@ fn pack_as<W: std::io::Write>(src: &Path, name: &str, out: W) -> std::io::Result
     b.into_inner()
 }
 
-async fn to_guest(agent: &AgentClient, src: &Path, dst: &str) -> anyhow::Result<()> {
+async fn to_guest(agent: &AgentClient, vm: &str, src: &Path, dst: &str) -> anyhow::Result<()> {
     let meta = std::fs::symlink_metadata(src)
         .with_context(|| format!("cannot read {} on the host", src.display()))?;
     let name = host_name(src)?;
     let kind = probe_guest(agent, dst).await?;
-    let (dir, name) = guest_target(meta.is_dir(), &name, dst, kind)?;
+    let (dir, name) = guest_target(vm, meta.is_dir(), &name, dst, kind)?;
 
     // Stream through a pipe: a packing thread writes, the upload reads, so a
     // large tree is never staged on disk.
@@ -527,7 +528,7 @@ mod tests {
 
     #[test]
     fn guest_targets_follow_cp_r() {
-        let t = |is_dir, dst, kind| guest_target(is_dir, "src", dst, kind);
+        let t = |is_dir, dst, kind| guest_target("box", is_dir, "src", dst, kind);
         assert_eq!(
             t(false, "/root", GuestKind::Dir).expect("ok"),
             ("/root".into(), "src".into())
@@ -550,6 +551,7 @@ mod tests {
             .expect_err("no parent")
             .to_string();
         assert!(e.contains("/nope does not exist"), "{e}");
+        assert!(e.contains("banger vm exec box -- mkdir -p /nope"), "{e}");
     }
 
     fn header(kind: EntryType, size: u64) -> tar::Header {
