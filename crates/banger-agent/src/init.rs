@@ -448,6 +448,47 @@ fn power_off() -> ! {
     }
 }
 
+/// How long sshd may take to listen before the agent starts regardless
+/// (TCG guests load its libraries slowly).
+const SSHD_START: Duration = Duration::from_secs(20);
+
+/// Whether `/proc/net/tcp`-format `table` has a socket listening on `port`.
+fn listening_in(table: &str, port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[1].ends_with(&want) && f[3] == "0A"
+    })
+}
+
+enum Wait {
+    Listening,
+    /// The process exited (and was reaped).
+    Exited,
+    TimedOut,
+}
+
+/// Waits until something listens on TCP `port` (v4 or v6), giving up when
+/// `pid` exits or after `timeout`.
+fn wait_listening(port: u16, pid: i32, timeout: Duration) -> Wait {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        for t in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            if listening_in(&std::fs::read_to_string(t).unwrap_or_default(), port) {
+                return Wait::Listening;
+            }
+        }
+        let mut status = 0;
+        // SAFETY: non-blocking check on our own child; a zombie means it died.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+            log(format_args!("sshd exited at start (status {status:#x})"));
+            return Wait::Exited;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Wait::TimedOut
+}
+
 /// Runs init. Never returns: PID 1 exiting panics the kernel.
 pub fn run() -> ! {
     // SAFETY: umask has no preconditions.
@@ -478,20 +519,36 @@ pub fn run() -> ! {
     let self_exe = std::fs::read_link("/proc/self/exe")
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| INIT_PATH.to_string());
-    let mut services = vec![Service::new(
-        "guest agent",
-        "banger-vsock-agent",
-        &self_exe,
-        &[],
-    )];
+    let mut services = Vec::new();
     let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd", "/sbin/sshd"]
         .into_iter()
         .find(|p| Path::new(p).is_file());
     if let Some(sshd) = sshd {
         // sshd's privilege separation directory.
         let _ = std::fs::create_dir_all("/run/sshd");
-        services.push(Service::new("sshd", "sshd", sshd, &["-D", "-e"]));
+        // sshd re-executes itself and insists on an absolute argv[0].
+        let mut svc = Service::new("sshd", sshd, sshd, &["-D", "-e"]);
+        svc.ensure_running();
+        // The agent's announcement is what the host calls "ready": make
+        // that mean ssh works, as on systemd guests.
+        if let Some(pid) = svc.pid() {
+            match wait_listening(22, pid, SSHD_START) {
+                Wait::Listening => {}
+                // Reaped there: restarted by the main loop.
+                Wait::Exited => svc.exited(),
+                Wait::TimedOut => {
+                    log("sshd is not listening on port 22 yet; starting the agent anyway")
+                }
+            }
+        }
+        services.push(svc);
     }
+    services.push(Service::new(
+        "guest agent",
+        "banger-vsock-agent",
+        &self_exe,
+        &[],
+    ));
     loop {
         for s in services.iter_mut() {
             s.ensure_running();
@@ -572,6 +629,15 @@ mod tests {
         assert_eq!(sa.sa_family, libc::AF_INET as libc::sa_family_t);
         // sa_data: 2 port bytes, then the address as written
         assert_eq!(&sa.sa_data[2..6], &[10, 0, 0, 1]);
+    }
+
+    #[test]
+    fn listening_sockets_from_proc_net_tcp() {
+        let t = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1\n   1: 0200A8C0:0016 0100A8C0:D431 01 00000000:00000000 00:00000000 00000000     0        0 2\n";
+        assert!(listening_in(t, 22));
+        assert!(!listening_in(t, 2222));
+        let established_only = "hdr\n   1: 0200A8C0:0016 0100A8C0:D431 01 0 0 0 0 0 2\n";
+        assert!(!listening_in(established_only, 22));
     }
 
     #[test]
