@@ -147,8 +147,17 @@ pub async fn run(paths: Paths, config_path: Option<PathBuf>, opts: Options) -> a
     let socket_path = paths.socket.clone();
     let daemon = Arc::new(Daemon::open(paths, config, &opts)?);
     daemon.readopt().await?;
-    let _dns = start_dns(&daemon, &opts).await;
     let listener = socket::bind(&socket_path)?;
+    // DNS may wait for the root helper (it creates the bridge the server
+    // listens on); clients must not wait for that.
+    let dns = {
+        let daemon = Arc::clone(&daemon);
+        let opts = opts.clone();
+        tokio::spawn(async move {
+            let _handle = start_dns(&daemon, &opts).await;
+            std::future::pending::<()>().await;
+        })
+    };
     tracing::info!(socket = %socket_path.display(), version = env!("CARGO_PKG_VERSION"), "bangerd listening");
     // Not under systemd this is a no-op; under Type=notify it tells systemd
     // the socket is ready for clients.
@@ -158,6 +167,7 @@ pub async fn run(paths: Paths, config_path: Option<PathBuf>, opts: Options) -> a
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("API server failed")?;
+    dns.abort();
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("bangerd stopped");

@@ -231,7 +231,11 @@ async fn show_image(State(d): State<AppState>, Path(name): Path<String>) -> ApiR
 
 async fn delete_image(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult<ImageInfo> {
     let rec = d.store.delete_image(&name)?;
-    remove_store_dir(&d.paths.images_dir(), &rec.dir);
+    // Content-addressed: another name may point at the same directory.
+    let shared = d.store.list_images()?.iter().any(|i| i.dir == rec.dir);
+    if !shared {
+        remove_store_dir(&d.paths.images_dir(), &rec.dir);
+    }
     Ok(Json(image_info(rec)))
 }
 
