@@ -437,9 +437,10 @@ fn blob(layout: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
     serde_json::json!({"mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len()})
 }
 
-/// A one-layer image holding only a static busybox and its applet links:
-/// no init, no systemd, no sshd. Tagged `tag` in the layout's index.json.
-fn busybox_layout(dir: &Path, tag: &str) {
+/// A one-layer image holding a static busybox and its applet links (no
+/// init, no systemd), plus `extra` files (guest path, contents, mode).
+/// Tagged `tag` in the layout's index.json.
+fn busybox_layout(dir: &Path, tag: &str, extra: &[(String, Vec<u8>, u32)]) {
     std::fs::create_dir_all(dir.join("blobs/sha256")).expect("mkdir");
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("w");
     let busybox = std::fs::read("/bin/busybox").expect("read busybox");
@@ -483,6 +484,15 @@ fn busybox_layout(dir: &Path, tag: &str) {
         b"from the image\n",
         None,
     );
+    for (path, data, mode) in extra {
+        add(
+            path.trim_start_matches('/'),
+            tar::EntryType::Regular,
+            *mode,
+            data,
+            None,
+        );
+    }
     let layer = b.into_inner().expect("tar");
     let ldesc = blob(dir, "application/vnd.oci.image.layer.v1.tar", &layer);
     let config = serde_json::json!({
@@ -534,8 +544,17 @@ fn busybox_image_boots_through_banger_init() {
     unsafe { std::env::set_var("BANGER_AGENT_BIN", &agent) };
     env.start_registry();
     let layout = env.path("layout");
-    busybox_layout(&layout, "1");
+    busybox_layout(&layout, "1", &[]);
     let reference = env.push(&layout, "1", "test/busybox");
+    // The sshd part needs the host's openssh-server to copy into an image.
+    let ssh_reference = if which("sshd").is_some() && which("ldd").is_some() {
+        let ssh_layout = env.path("ssh-layout");
+        busybox_layout(&ssh_layout, "1", &sshd_files());
+        Some(env.push(&ssh_layout, "1", "test/sshbox"))
+    } else {
+        eprintln!("SKIP: the sshd part: openssh-server is not installed");
+        None
+    };
     env.start_daemons();
 
     // No kernel yet: the pull says what to do instead of failing obscurely.
@@ -693,4 +712,78 @@ fn busybox_image_boots_through_banger_init() {
     );
     let (code, _, _) = env.banger(&["vm", "delete", "bb"], LONG);
     assert_eq!(code, 0);
+
+    // an image that has sshd: banger-init starts it with the VM's pinned
+    // host key and the owner's authorized_keys on the work disk
+    let Some(ssh_reference) = ssh_reference else {
+        return;
+    };
+    let (code, out, err) = env.banger(&["image", "pull", &ssh_reference], LONG);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = env.banger(
+        &[
+            "vm",
+            "create",
+            "--name",
+            "sshbox",
+            "--image",
+            "127.0.0.1-5000-test-sshbox-1",
+            "--memory",
+            "512",
+        ],
+        LONG,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = env.banger(&["vm", "ssh", "sshbox", "--", "hostname"], LONG);
+    if code != 0 {
+        env.print_consoles();
+    }
+    assert_eq!((code, out.trim()), (0, "sshbox"), "{err}");
+    let (code, _, _) = env.banger(&["vm", "delete", "sshbox"], LONG);
+    assert_eq!(code, 0);
+}
+
+/// The host's dynamically linked sshd with the libraries it loads and a
+/// minimal config: enough for key logins as root, nothing else.
+fn sshd_files() -> Vec<(String, Vec<u8>, u32)> {
+    let sshd = which("sshd").expect("sshd (openssh-server)");
+    let (code, out, err) = run(
+        {
+            let mut c = Command::new("ldd");
+            c.arg(&sshd);
+            c
+        },
+        SHORT,
+    );
+    assert_eq!(code, 0, "ldd: {err}");
+    let mut files = vec![(
+        "/usr/sbin/sshd".to_string(),
+        std::fs::read(&sshd).expect("read sshd"),
+        0o755,
+    )];
+    for line in out.lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            files.push((p.to_string(), std::fs::read(p).expect("read lib"), 0o755));
+        }
+    }
+    let text = |p: &str, t: &str, m: u32| (p.to_string(), t.as_bytes().to_vec(), m);
+    files.extend([
+        text(
+            "/etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nsshd:x:100:65534::/run/sshd:/bin/false\n",
+            0o644,
+        ),
+        text("/etc/group", "root:x:0:\nnogroup:x:65534:\n", 0o644),
+        text("/etc/shadow", "root:*:19000:0:99999:7:::\n", 0o600),
+        text(
+            "/etc/ssh/sshd_config",
+            "HostKey /etc/ssh/ssh_host_ed25519_key\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nPidFile /run/sshd.pid\n",
+            0o644,
+        ),
+    ]);
+    files
 }
