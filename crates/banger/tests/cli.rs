@@ -39,6 +39,7 @@ const COMMANDS: &[&str] = &[
     "image delete",
     "image register",
     "image bundle",
+    "image keygen",
     "kernel",
     "kernel list",
     "kernel pull",

@@ -508,12 +508,42 @@ fn helper_in_netns_end_to_end() {
 }
 
 #[test]
-fn helper_refuses_to_start_unprivileged_or_for_root_owner() {
-    let out = Command::new(env!("CARGO_BIN_EXE_bangerd-root"))
-        .args(["--socket", "/nonexistent/x.sock", "--owner-uid", "0"])
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("owner") || err.contains("root"), "{err}");
+fn helper_accepts_a_root_owner_with_a_warning() {
+    // Hosts where everything runs as root (containers, CI) have no other
+    // owner to name: the helper serves, and says the split protects nothing.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: the helper only starts as root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let sock = dir.path().join("root.sock");
+    let log = dir.path().join("helper.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bangerd-root"))
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--owner-uid", "0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "helper did not come up: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("the privilege split gives no protection"),
+        "{text}"
+    );
 }

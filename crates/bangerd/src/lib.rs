@@ -77,6 +77,11 @@ impl Daemon {
                 tracing::info!(path = %p.display(), "removed an interrupted pull or build");
             }
         }
+        // Half-downloaded OCI blobs are temp files, never trusted as blobs.
+        let layers = banger_oci::LayerCache::new(paths.cache_dir.join(oci::LAYER_CACHE_SUBDIR));
+        for p in layers.cleanup_partial().unwrap_or_default() {
+            tracing::info!(path = %p.display(), "removed an interrupted layer download");
+        }
         let store = Store::open(&paths.db())?;
         let home = banger_core::host::home_dir().unwrap_or_default();
         let vmm_config = banger_vmm::VmmConfig {

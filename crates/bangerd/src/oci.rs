@@ -89,8 +89,11 @@ pub const ORIGIN_PREFIX: &str = "oci:";
 
 /// Layer cache shared by every pull, under the cache dir.
 pub fn layer_cache_dir(d: &Daemon) -> std::path::PathBuf {
-    d.paths.cache_dir.join("oci-layers")
+    d.paths.cache_dir.join(LAYER_CACHE_SUBDIR)
 }
+
+/// Under the cache dir: OCI layer blobs, shared between images.
+pub const LAYER_CACHE_SUBDIR: &str = "oci-layers";
 
 /// The local store name for a reference: registry, path and tag in store
 /// name characters, `docker.io/library/` dropped (`python:3.12-slim` →
