@@ -245,6 +245,65 @@ async fn power_off(mode: ShutdownMode) {
 
 // ---------------------------------------------------------------- exec
 
+/// Who an exec runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+}
+
+/// Resolves an OCI `User` (`name`, `uid`, `name:group`, `uid:gid`) against
+/// the guest's passwd and group files under `etc`. A numeric uid without a
+/// passwd entry is allowed (gid 0 unless given), as container runtimes do.
+pub(crate) fn resolve_user(spec: &str, etc: &Path) -> Result<Identity, String> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd = std::fs::read_to_string(etc.join("passwd")).unwrap_or_default();
+    let entry = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 6 && (f[0] == user || f[2] == user))
+            .then(|| (f[2].to_string(), f[3].to_string(), f[5].to_string()))
+    });
+    let (uid, mut gid, home) = match (entry, user.parse::<u32>()) {
+        (Some((u, g, h)), _) => (
+            u.parse::<u32>()
+                .map_err(|_| format!("bad uid for user {user:?} in /etc/passwd"))?,
+            g.parse::<u32>()
+                .map_err(|_| format!("bad gid for user {user:?} in /etc/passwd"))?,
+            h,
+        ),
+        (None, Ok(uid)) => (uid, 0, "/".to_string()),
+        (None, Err(_)) => {
+            return Err(format!(
+                "user {user:?} does not exist in the guest's /etc/passwd"
+            ));
+        }
+    };
+    if let Some(g) = group {
+        gid = match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => {
+                let groups = std::fs::read_to_string(etc.join("group")).unwrap_or_default();
+                groups
+                    .lines()
+                    .find_map(|l| {
+                        let f: Vec<&str> = l.split(':').collect();
+                        (f.len() >= 3 && f[0] == g)
+                            .then(|| f[2].parse::<u32>().ok())
+                            .flatten()
+                    })
+                    .ok_or_else(|| {
+                        format!("group {g:?} does not exist in the guest's /etc/group")
+                    })?
+            }
+        };
+    }
+    Ok(Identity { uid, gid, home })
+}
+
 fn exec_env(req: &ExecRequest) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: String| {
@@ -344,10 +403,27 @@ async fn exec(req: ExecRequest, r: &mut Reader, w: &Writer) -> Result<(), WireEr
         let m = format!("working directory {cwd} does not exist in the guest");
         return send(w, &err(AgentErrorKind::NotFound, m)).await;
     }
+    let identity = match req.user.as_deref().filter(|u| !u.is_empty()) {
+        None => None,
+        Some(spec) => match resolve_user(spec, Path::new("/etc")) {
+            Ok(id) => Some(id),
+            Err(m) => return send(w, &err(AgentErrorKind::NotFound, m)).await,
+        },
+    };
     let mut cmd = tokio::process::Command::new(&argv0);
+    let mut env = exec_env(&req);
+    if let Some(id) = &identity {
+        // The image's user gets its own HOME unless the request set one.
+        if !req.env.iter().any(|(k, _)| k == "HOME") {
+            env.retain(|(k, _)| k != "HOME");
+            env.push(("HOME".into(), id.home.clone()));
+        }
+        // std drops supplementary groups (setgroups) when a uid is set.
+        cmd.uid(id.uid).gid(id.gid);
+    }
     cmd.args(&req.argv[1..])
         .env_clear()
-        .envs(exec_env(&req))
+        .envs(env)
         .current_dir(req.cwd.as_deref().unwrap_or("/"))
         .kill_on_drop(true);
 
@@ -753,6 +829,37 @@ mod tests {
         assert_eq!(power_off_plan("systemd\n"), PowerOffPlan::Systemctl);
         assert_eq!(power_off_plan("init\n"), PowerOffPlan::Reboot);
         assert_eq!(power_off_plan(""), PowerOffPlan::Reboot);
+    }
+
+    #[test]
+    fn users_resolve_like_a_container_runtime() {
+        let etc = tempfile::tempdir().expect("tmp");
+        std::fs::write(
+            etc.path().join("passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:app:/home/app:/bin/sh\n",
+        )
+        .expect("passwd");
+        std::fs::write(etc.path().join("group"), "root:x:0:\nstaff:x:50:\n").expect("group");
+        let r = |s: &str| resolve_user(s, etc.path());
+        let id = |uid, gid, home: &str| Identity {
+            uid,
+            gid,
+            home: home.into(),
+        };
+        assert_eq!(r("app"), Ok(id(1000, 1001, "/home/app")));
+        assert_eq!(r("1000"), Ok(id(1000, 1001, "/home/app")));
+        assert_eq!(r("app:staff"), Ok(id(1000, 50, "/home/app")));
+        assert_eq!(r("4242:7"), Ok(id(4242, 7, "/")));
+        assert!(
+            r("ghost")
+                .expect_err("no such user")
+                .contains("does not exist")
+        );
+        assert!(
+            r("app:ghosts")
+                .expect_err("no such group")
+                .contains("group")
+        );
     }
 
     #[test]

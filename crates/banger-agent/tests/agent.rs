@@ -100,6 +100,33 @@ async fn exec_exit_codes_signals_and_missing_commands() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runs_as_the_requested_user() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: switching users needs the agent to run as root");
+        return;
+    }
+    let a = serve_in_process();
+    bounded!(async {
+        let mut req = sh("echo $(id -u):$(id -g):$HOME");
+        req.user = Some("nobody".into());
+        let out = a.client.exec_capture(&req, b"").await.expect("exec");
+        assert_eq!(out.status, ExitStatus::Exited { code: 0 });
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("65534:"), "{text}");
+
+        let mut req = sh("id -u");
+        req.user = Some("no-such-user-here".into());
+        let e = a
+            .client
+            .exec_capture(&req, b"")
+            .await
+            .expect_err("unknown user");
+        assert!(e.to_string().contains("does not exist"), "{e}");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_signal_from_host() {
     let a = serve_in_process();
     bounded!(async {

@@ -301,6 +301,10 @@ pub struct ExecRequest {
     /// are then one stream (`Stdout` frames).
     #[serde(default)]
     pub tty: Option<TtySize>,
+    /// Run as this user instead of root: `name`, `uid`, `name:group` or
+    /// `uid:gid` (an OCI image config's `User`), resolved in the guest.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 impl ExecRequest {
@@ -310,6 +314,7 @@ impl ExecRequest {
             env: Vec::new(),
             cwd: None,
             tty: None,
+            user: None,
         }
     }
 }
@@ -512,6 +517,7 @@ mod tests {
                 env: vec![("A".into(), "b".into())],
                 cwd: Some("/tmp".into()),
                 tty: Some(TtySize { rows: 24, cols: 80 }),
+                user: Some("nobody".into()),
             }),
             HostMsg::Signal { signal: 9 },
             HostMsg::Upload {

@@ -38,8 +38,8 @@ pub struct OciRunConfig {
     /// `KEY=value`, in order.
     pub env: Vec<String>,
     pub working_dir: Option<String>,
-    /// Recorded, not applied: commands run as root (the agent has no
-    /// per-exec user yet).
+    /// Applied per command: the agent resolves it in the guest and runs
+    /// the command as that user.
     pub user: Option<String>,
     pub entrypoint: Option<Vec<String>>,
     pub cmd: Option<Vec<String>>,

@@ -54,7 +54,7 @@ impl RunConfig {
     }
 
     /// Applies `Env` and `WorkingDir` to a command about to run in the
-    /// guest. `User` is not applied (commands run as root): warned about.
+    /// guest, and `User` (resolved by the agent in the guest).
     pub(crate) fn apply(&self, req: &mut banger_proto::agent::ExecRequest) {
         let mut env = self.env_pairs();
         env.append(&mut req.env);
@@ -62,12 +62,8 @@ impl RunConfig {
         if req.cwd.is_none() {
             req.cwd = self.working_dir.clone().filter(|d| !d.is_empty());
         }
-        if let Some(u) = self
-            .user
-            .as_deref()
-            .filter(|u| !u.is_empty() && *u != "root" && *u != "0")
-        {
-            eprintln!("banger: note: the image asks for user {u:?}; banger runs commands as root");
+        if req.user.is_none() {
+            req.user = self.user.clone().filter(|u| !u.is_empty());
         }
     }
 }
