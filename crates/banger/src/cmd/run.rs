@@ -336,6 +336,16 @@ async fn run_in_vm(
         phases.end("command");
         return Ok(code);
     }
+    if !sshd_listening(&vm).await {
+        // Images without sshd (most OCI images): a shell through the agent.
+        eprintln!("banger: no sshd in this guest; opening a shell through the guest agent");
+        let mut req = ExecRequest::new(["/bin/sh", "-l"]);
+        req.cwd = cwd;
+        if let Some(rc) = oci {
+            rc.apply(&mut req);
+        }
+        return Ok(exec_streaming(&agent, req, std::io::stdin().is_terminal()).await?);
+    }
     let ssh_config = ssh::refresh_ssh_config(client, key).await?;
     let mut command = Vec::new();
     if let Some(dir) = &cwd {
@@ -357,6 +367,49 @@ async fn run_in_vm(
     Ok(ssh::run_ssh(&args)?)
 }
 
+/// Whether the guest's sshd accepts connections (bounded).
+async fn sshd_listening(vm: &VmInfo) -> bool {
+    let Some(ip) = vm.ip.as_deref() else {
+        return false;
+    };
+    let connect = tokio::net::TcpStream::connect((ip, 22));
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), connect).await,
+        Ok(Ok(_))
+    )
+}
+
+/// The local terminal in raw mode for the life of a tty session, so keys
+/// (Ctrl-C included) reach the guest's pty unchanged; restored on drop.
+struct RawTerminal(libc::termios);
+
+impl RawTerminal {
+    fn enter() -> Option<RawTerminal> {
+        // SAFETY: tcgetattr/tcsetattr on stdin with a termios we own.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(libc::STDIN_FILENO, &mut t) != 0 {
+                return None;
+            }
+            let orig = t;
+            libc::cfmakeraw(&mut t);
+            if libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) != 0 {
+                return None;
+            }
+            Some(RawTerminal(orig))
+        }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings read in `enter`.
+        unsafe {
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.0);
+        }
+    }
+}
+
 /// Runs a command through the agent, streaming stdio; returns the shell-style
 /// exit code. Ctrl-C is forwarded to the guest process.
 async fn exec_streaming(
@@ -372,6 +425,26 @@ async fn exec_streaming(
         ));
     }
     let (ctl_tx, ctl_rx) = tokio::sync::mpsc::channel(4);
+    let raw = (tty && std::io::stdin().is_terminal())
+        .then(RawTerminal::enter)
+        .flatten();
+    let resize_tx = ctl_tx.clone();
+    let resize = tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut winch) = signal(SignalKind::window_change()) else {
+            return;
+        };
+        while winch.recv().await.is_some() {
+            let size = terminal_size();
+            if resize_tx
+                .send(banger_agent::client::ExecControl::Resize(size))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
     let forward = tokio::spawn(async move {
         while tokio::signal::ctrl_c().await.is_ok() {
             if ctl_tx
@@ -392,6 +465,8 @@ async fn exec_streaming(
         .exec(&req, stdin, &mut stdout, &mut stderr, Some(ctl_rx))
         .await;
     forward.abort();
+    resize.abort();
+    drop(raw);
     use tokio::io::AsyncWriteExt;
     let _ = stdout.flush().await;
     let _ = stderr.flush().await;
@@ -439,6 +514,13 @@ pub async fn vm_ssh(client: &Client, a: VmSshArgs) -> anyhow::Result<ExitCode> {
     let home = super::home()?;
     let (key, _) = ssh::ensure_identity(&config, &home)?;
     let vm = wait_running(client, &a.name).await?;
+    if !sshd_listening(&vm).await {
+        bail!(
+            "VM {} does not accept ssh (no sshd in its image?); use `banger vm exec --tty {} -- /bin/sh`",
+            vm.name,
+            vm.name
+        );
+    }
     let ssh_config = ssh::refresh_ssh_config(client, &key).await?;
     let tty = a.command.is_empty() && std::io::stdin().is_terminal();
     let args = ssh::ssh_args(&ssh_config, &vm, tty, &a.command)?;
