@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use banger_proto::{API_VERSION, ApiError, VersionInfo};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
@@ -50,16 +50,32 @@ impl Client {
         &self.socket
     }
 
-    async fn send(
+    fn transport(&self, detail: impl std::fmt::Display) -> ClientError {
+        ClientError::Transport {
+            socket: self.socket.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The typed error of a non-2xx answer.
+    fn error_of(status: StatusCode, bytes: &[u8]) -> ClientError {
+        match serde_json::from_slice::<ApiError>(bytes) {
+            Ok(e) => ClientError::Api(e),
+            Err(_) => ClientError::BadAnswer {
+                status,
+                detail: String::from_utf8_lossy(bytes).into_owned(),
+            },
+        }
+    }
+
+    /// Opens a connection and sends one request; the answer's body is left
+    /// for the caller to read whole or as a stream.
+    async fn request(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<(StatusCode, Bytes), ClientError> {
-        let transport = |detail: String| ClientError::Transport {
-            socket: self.socket.clone(),
-            detail,
-        };
+    ) -> Result<(StatusCode, Incoming), ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|e| ClientError::DaemonDown {
@@ -68,7 +84,7 @@ impl Client {
             })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| transport(e.to_string()))?;
+            .map_err(|e| self.transport(e))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -81,19 +97,32 @@ impl Client {
         }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| transport(e.to_string()))?;
+            .map_err(|e| self.transport(e))?;
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| transport(e.to_string()))?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
+            .map_err(|e| self.transport(e))?;
+        Ok((resp.status(), resp.into_body()))
+    }
+
+    /// A request whose whole 2xx body is returned; other answers are errors.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
+        let (status, body) = self.request(method, path, body).await?;
+        let bytes = body
             .collect()
             .await
-            .map_err(|e| transport(e.to_string()))?
+            .map_err(|e| self.transport(e))?
             .to_bytes();
-        Ok((status, bytes))
+        if status.is_success() {
+            Ok(bytes)
+        } else {
+            Err(Self::error_of(status, &bytes))
+        }
     }
 
     async fn call<T: DeserializeOwned>(
@@ -102,21 +131,11 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, ClientError> {
-        let (status, bytes) = self.send(method, path, body).await?;
-        if status.is_success() {
-            serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer {
-                status,
-                detail: e.to_string(),
-            })
-        } else {
-            match serde_json::from_slice::<ApiError>(&bytes) {
-                Ok(e) => Err(ClientError::Api(e)),
-                Err(_) => Err(ClientError::BadAnswer {
-                    status,
-                    detail: String::from_utf8_lossy(&bytes).into_owned(),
-                }),
-            }
-        }
+        let bytes = self.send(method, path, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer {
+            status: StatusCode::OK,
+            detail: e.to_string(),
+        })
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -132,26 +151,40 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let body = serde_json::to_vec(body).map_err(|e| ClientError::Transport {
-            socket: self.socket.clone(),
-            detail: e.to_string(),
-        })?;
+        let body = serde_json::to_vec(body).map_err(|e| self.transport(e))?;
         self.call(Method::POST, path, Some(body)).await
     }
 
     /// GET returning the raw body (e.g. console logs).
     pub async fn get_raw(&self, path: &str) -> Result<Bytes, ClientError> {
-        let (status, bytes) = self.send(Method::GET, path, None).await?;
-        if status.is_success() {
-            return Ok(bytes);
+        self.send(Method::GET, path, None).await
+    }
+
+    /// Sends a request and hands each chunk of a 2xx answer to `on_chunk`
+    /// as it arrives.
+    async fn streamed(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        mut on_chunk: impl AsyncFnMut(&[u8]) -> Result<(), ClientError>,
+    ) -> Result<(), ClientError> {
+        let (status, mut body) = self.request(method, path, body).await?;
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| self.transport(e))?
+                .to_bytes();
+            return Err(Self::error_of(status, &bytes));
         }
-        Err(match serde_json::from_slice::<ApiError>(&bytes) {
-            Ok(e) => ClientError::Api(e),
-            Err(_) => ClientError::BadAnswer {
-                status,
-                detail: String::from_utf8_lossy(&bytes).into_owned(),
-            },
-        })
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.transport(e))?;
+            if let Some(data) = frame.data_ref() {
+                on_chunk(data).await?;
+            }
+        }
+        Ok(())
     }
 
     /// GET streaming the body into `out` as it arrives (`logs --follow`).
@@ -161,56 +194,36 @@ impl Client {
         out: &mut W,
     ) -> Result<(), ClientError> {
         use tokio::io::AsyncWriteExt;
-        let transport = |detail: String| ClientError::Transport {
-            socket: self.socket.clone(),
-            detail,
-        };
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| ClientError::DaemonDown {
-                socket: self.socket.clone(),
-                reason: e.to_string(),
-            })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| transport(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header(hyper::header::HOST, "bangerd")
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| transport(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| transport(e.to_string()))?;
-        let status = resp.status();
-        let mut body = resp.into_body();
-        if !status.is_success() {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|e| transport(e.to_string()))?
-                .to_bytes();
-            return Err(match serde_json::from_slice::<ApiError>(&bytes) {
-                Ok(e) => ClientError::Api(e),
-                Err(_) => ClientError::BadAnswer {
-                    status,
-                    detail: String::from_utf8_lossy(&bytes).into_owned(),
-                },
-            });
-        }
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| transport(e.to_string()))?;
-            if let Some(data) = frame.data_ref() {
-                out.write_all(data)
-                    .await
-                    .map_err(|e| transport(e.to_string()))?;
-                out.flush().await.map_err(|e| transport(e.to_string()))?;
+        self.streamed(Method::GET, path, None, async |data: &[u8]| {
+            out.write_all(data).await.map_err(|e| self.transport(e))?;
+            out.flush().await.map_err(|e| self.transport(e))
+        })
+        .await
+    }
+
+    /// POST `body` and hand each line of the streamed (NDJSON) answer to
+    /// `on_line` as it arrives.
+    pub async fn post_lines<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        mut on_line: impl FnMut(&[u8]),
+    ) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| self.transport(e))?;
+        let mut pending: Vec<u8> = Vec::new();
+        self.streamed(Method::POST, path, Some(body), async |data: &[u8]| {
+            pending.extend_from_slice(data);
+            while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=i).collect();
+                if line.len() > 1 {
+                    on_line(&line[..line.len() - 1]);
+                }
             }
+            Ok(())
+        })
+        .await?;
+        if !pending.is_empty() {
+            on_line(&pending);
         }
         Ok(())
     }

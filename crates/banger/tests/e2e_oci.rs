@@ -7,425 +7,67 @@
 
 mod common;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use common::guests::{
+    GuestEnv, LONG, SHORT, agent_binary, minimal_image, run, skip_reason, tail, which,
+};
+
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// The Debian test image whose kernel (and initramfs) boots OCI images;
-/// same name and options as e2e.rs, so the cached build is shared.
-const DEBIAN: &str = "e2e-minimal";
 const REGISTRY: &str = "127.0.0.1:5000";
-const LONG: Duration = Duration::from_secs(600);
-const SHORT: Duration = Duration::from_secs(60);
 
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([
-            PathBuf::from("/usr/sbin"),
-            PathBuf::from("/root/.cargo/bin"),
-        ])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root (network namespace, bridge, taps)".into());
-    }
-    for tool in [
-        "qemu-system-x86_64",
-        "vhost-device-vsock",
-        "mmdebstrap",
-        "docker-registry",
-        "skopeo",
-        "ip",
-        "nft",
-        "debugfs",
-    ] {
-        if which(tool).is_none() {
-            return Some(format!(
-                "{tool} is not installed (scripts/install-deps installs it)"
-            ));
-        }
-    }
-    if !Path::new("/bin/busybox").is_file() {
-        return Some("/bin/busybox is missing (apt-get install -y busybox-static)".into());
-    }
-    None
-}
-
-/// Runs `cmd` with a deadline; a hung command fails the test.
-fn run(mut cmd: Command, timeout: Duration) -> (i32, String, String) {
-    let desc = format!("{cmd:?}");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("timed out after {timeout:?}: {desc}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let code = status.code().unwrap_or(-1);
-    (code, t_out.join().expect("out"), t_err.join().expect("err"))
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// The namespace, its processes (registry, root helper, daemon) and the
-/// state dir; torn down on drop, VMs first (they outlive the daemon).
-struct Env {
-    ns: String,
-    dir: tempfile::TempDir,
-    registry: Option<Child>,
-    helper: Option<Child>,
-    daemon: Option<Child>,
-}
-
-impl Env {
-    fn start() -> Env {
-        let ns = format!("banger-t-oci-{}", std::process::id());
-        let st = Command::new("ip")
-            .args(["netns", "add", &ns])
-            .status()
-            .expect("ip");
-        assert!(st.success(), "ip netns add {ns}");
-        let env = Env {
-            ns,
-            dir: tempfile::Builder::new()
-                .prefix("bgr-oci")
-                .tempdir()
-                .expect("tmp"),
-            registry: None,
-            helper: None,
-            daemon: None,
-        };
-        let (code, _, err) = env.netns(&["ip", "link", "set", "lo", "up"], SHORT);
-        assert_eq!(code, 0, "{err}");
-        std::fs::create_dir_all(env.home().join(".config/banger")).expect("home");
-        std::fs::write(env.home().join(".config/banger/config.toml"), "").expect("config");
-        env
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-    fn home(&self) -> PathBuf {
-        self.path("home")
-    }
-    fn socket(&self) -> PathBuf {
-        self.path("run/bangerd.sock")
-    }
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(name)).unwrap_or_default()
-    }
-
-    fn netns(&self, argv: &[&str], timeout: Duration) -> (i32, String, String) {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns]).args(argv);
-        run(c, timeout)
-    }
-
-    fn spawn_in_ns(&self, bin: &Path, args: &[String], log: &str) -> Child {
-        let logf = std::fs::File::create(self.path(log)).expect("log");
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .arg("env")
-            .arg(format!("HOME={}", self.home().display()))
-            .arg("NO_COLOR=1")
-            .arg(bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().expect("dup"))
-            .stderr(logf)
-            .spawn()
-            .expect("spawn")
-    }
-
-    /// docker-registry on the namespace's 127.0.0.1:5000.
-    fn start_registry(&mut self) {
-        let storage = self.path("registry");
-        std::fs::create_dir_all(&storage).expect("storage");
-        let config = self.path("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {REGISTRY}\n",
-                storage.display()
-            ),
-        )
-        .expect("config");
-        let bin = which("docker-registry").expect("docker-registry");
-        self.registry = Some(self.spawn_in_ns(
-            &bin,
-            &["serve".into(), config.display().to_string()],
-            "registry.log",
-        ));
-    }
-
-    /// Pushes an OCI layout as `<REGISTRY>/<name>:<tag>`, retrying while
-    /// the registry starts.
-    fn push(&self, layout: &Path, tag: &str, name: &str) -> String {
-        let dst = format!("{REGISTRY}/{name}:{tag}");
-        let src = format!("oci:{}:{tag}", layout.display());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let r = self.netns(
-                &[
-                    "skopeo",
-                    "copy",
-                    "--insecure-policy",
-                    "--dest-tls-verify=false",
-                    &src,
-                    &format!("docker://{dst}"),
-                ],
-                SHORT,
-            );
-            if r.0 == 0 {
-                return dst;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "skopeo copy failed: {}\nregistry log:\n{}",
-                r.2,
-                self.log("registry.log")
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-
-    fn start_daemons(&mut self) {
-        let root_sock = self.path("root/root.sock");
-        self.helper = Some(self.spawn_in_ns(
-            &common::bin("bangerd-root"),
-            &[
-                "--socket".into(),
-                root_sock.display().to_string(),
-                "--owner-uid".into(),
-                "0".into(),
-            ],
-            "bangerd-root.log",
-        ));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !root_sock.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "bangerd-root did not come up: {}",
-                self.log("bangerd-root.log")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let args: Vec<String> = vec![
-            "--socket".into(),
-            self.socket().display().to_string(),
-            "--state-dir".into(),
-            self.path("state").display().to_string(),
-            "--cache-dir".into(),
-            self.path("cache").display().to_string(),
-            "--root-socket".into(),
-            root_sock.display().to_string(),
-            "--config".into(),
-            self.home()
-                .join(".config/banger/config.toml")
-                .display()
-                .to_string(),
-        ];
-        self.daemon = Some(self.spawn_in_ns(&common::bin("bangerd"), &args, "bangerd.log"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "bangerd did not come up: {}",
-                self.log("bangerd.log")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// `banger ARGS` as the user would run it, inside the namespace.
-    fn banger(&self, args: &[&str], timeout: Duration) -> (i32, String, String) {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns])
-            .arg("env")
-            .arg(format!("HOME={}", self.home().display()))
-            .arg(format!("BANGER_SOCKET={}", self.socket().display()))
-            .arg("NO_COLOR=1")
-            .arg(env!("CARGO_BIN_EXE_banger"))
-            .args(args);
-        let r = run(c, timeout);
-        eprintln!("$ banger {} → {}\n{}{}", args.join(" "), r.0, r.1, r.2);
-        r
-    }
-
-    fn vm_names(&self) -> Vec<String> {
-        let (code, out, _) = self.banger(&["vm", "list", "--json"], SHORT);
-        if code != 0 {
-            return vec![];
-        }
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x["name"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    fn dump_diagnostics(&self) {
-        for (name, n) in [
-            ("bangerd.log", 80),
-            ("bangerd-root.log", 30),
-            ("registry.log", 20),
-        ] {
-            eprintln!("----- {name} -----\n{}", tail(&self.log(name), n));
-        }
-        self.print_consoles();
-    }
-
-    fn print_consoles(&self) {
-        if let Ok(rd) = std::fs::read_dir(self.path("state/vms")) {
-            for e in rd.flatten() {
-                let c = std::fs::read_to_string(e.path().join("console.log")).unwrap_or_default();
-                eprintln!(
-                    "----- console of {} -----\n{}",
-                    e.file_name().to_string_lossy(),
-                    tail(&c, 80)
-                );
-            }
-        }
-    }
-
-    /// Deletes VMs through the daemon, then kills any VMM still recorded.
-    fn remove_vms(&self) {
-        if self.daemon.is_some() && std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
-            for name in self.vm_names() {
-                let _ = self.banger(&["vm", "delete", &name], Duration::from_secs(120));
-            }
-        }
-        let Ok(rd) = std::fs::read_dir(self.path("state/vms")) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let Ok(text) = std::fs::read_to_string(e.path().join("vmm.json")) else {
-                continue;
-            };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-                continue;
-            };
-            let mut pids: Vec<i64> = v["helpers"]
-                .as_array()
-                .map(|h| {
-                    h.iter()
-                        .filter_map(|x| x["process"]["pid"].as_i64())
-                        .collect()
-                })
-                .unwrap_or_default();
-            pids.extend(v["process"]["pid"].as_i64());
-            for pid in pids {
-                eprintln!("killing leftover VMM process {pid}");
-                // SAFETY: a pid this test's daemon recorded for its own VMM.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            }
-        }
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.dump_diagnostics();
-        }
-        self.remove_vms();
-        for (name, child) in [
-            ("bangerd", self.daemon.take()),
-            ("bangerd-root", self.helper.take()),
-            ("docker-registry", self.registry.take()),
-        ] {
-            if let Some(mut c) = child {
-                // SAFETY: signalling our own child (`ip netns exec` exec's
-                // the program, so this is its pid).
-                unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-                let deadline = Instant::now() + Duration::from_secs(30);
-                loop {
-                    if let Ok(Some(_)) = c.try_wait() {
-                        break;
-                    }
-                    if Instant::now() > deadline {
-                        eprintln!("{name} ignored SIGTERM; killing it");
-                        let _ = c.kill();
-                        let _ = c.wait();
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-    }
-}
-
-/// The static guest agent (also banger-init): `$BANGER_AGENT_BIN`, else
-/// built now.
-fn agent_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("BANGER_AGENT_BIN").filter(|v| !v.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(root.join("scripts/build-agent-static"))
-        .output()
-        .expect("build agent");
-    assert!(
-        out.status.success(),
-        "build-agent-static: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .lines()
-            .last()
-            .unwrap_or_default(),
+/// docker-registry on the namespace's 127.0.0.1:5000.
+fn start_registry(env: &mut GuestEnv) {
+    let storage = env.path("registry");
+    std::fs::create_dir_all(&storage).expect("storage");
+    let config = env.path("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {REGISTRY}\n",
+            storage.display()
+        ),
     )
+    .expect("config");
+    let bin = which("docker-registry").expect("docker-registry");
+    let child = env.spawn_in_ns(
+        &bin,
+        &["serve".into(), config.display().to_string()],
+        "registry.log",
+    );
+    env.adopt_child("registry", child);
 }
 
-fn debian_image(agent: &Path) -> banger_image::BuiltImage {
-    let cache = banger_image::build::test_cache_dir();
-    let mut opts = banger_image::BuildOptions::new(
-        DEBIAN,
-        banger_image::Profile::Minimal,
-        cache.join("unused"),
-    );
-    opts.agent = Some(banger_image::AgentPayload {
-        binary: agent.to_path_buf(),
-        unit: banger_agent::SYSTEMD_UNIT.to_string(),
-    });
-    banger_image::build::cached_build(&opts, &cache).expect("building the minimal test image")
+/// Pushes an OCI layout as `<REGISTRY>/<name>:<tag>`, retrying while
+/// the registry starts.
+fn push(env: &GuestEnv, layout: &Path, tag: &str, name: &str) -> String {
+    let dst = format!("{REGISTRY}/{name}:{tag}");
+    let src = format!("oci:{}:{tag}", layout.display());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = env.netns(
+            &[
+                "skopeo",
+                "copy",
+                "--insecure-policy",
+                "--dest-tls-verify=false",
+                &src,
+                &format!("docker://{dst}"),
+            ],
+            SHORT,
+        );
+        if r.0 == 0 {
+            return dst;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "skopeo copy failed: {}\nregistry log:\n{}",
+            r.2,
+            env.log("registry.log")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 /// Writes `bytes` as a blob of the OCI layout; returns its descriptor.
@@ -532,25 +174,25 @@ fn busybox_layout(dir: &Path, tag: &str, extra: &[(String, Vec<u8>, u32)]) {
 
 #[test]
 fn busybox_image_boots_through_banger_init() {
-    if let Some(why) = skip_reason() {
+    if let Some(why) = skip_reason(&["docker-registry", "skopeo", "busybox"]) {
         eprintln!("SKIP: OCI boot end-to-end test: {why}");
         return;
     }
     let agent = agent_binary();
-    let debian = debian_image(&agent);
+    let debian = minimal_image(&agent);
 
-    let mut env = Env::start();
+    let mut env = GuestEnv::start("e2eoci");
     // SAFETY: set before any thread of this test reads the environment.
     unsafe { std::env::set_var("BANGER_AGENT_BIN", &agent) };
-    env.start_registry();
+    start_registry(&mut env);
     let layout = env.path("layout");
     busybox_layout(&layout, "1", &[]);
-    let reference = env.push(&layout, "1", "test/busybox");
+    let reference = push(&env, &layout, "1", "test/busybox");
     // The sshd part needs the host's openssh-server to copy into an image.
     let ssh_reference = if which("sshd").is_some() && which("ldd").is_some() {
         let ssh_layout = env.path("ssh-layout");
         busybox_layout(&ssh_layout, "1", &sshd_files());
-        Some(env.push(&ssh_layout, "1", "test/sshbox"))
+        Some(push(&env, &ssh_layout, "1", "test/sshbox"))
     } else {
         eprintln!("SKIP: the sshd part: openssh-server is not installed");
         None

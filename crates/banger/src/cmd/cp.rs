@@ -23,19 +23,15 @@ use std::fs::File;
 use std::io::{Read, Seek};
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use banger_agent::client::AgentClient;
-use banger_proto::VmInfo;
 use banger_proto::agent::ExecRequest;
 use tar::EntryType;
 
 use crate::cli::VmCpArgs;
 use crate::client::Client;
-
-/// How long `vm cp` waits for a VM that is still booting.
-const READY_SECS: u64 = 300;
+use crate::cmd::run::{agent_for, wait_running};
 
 /// One side of a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,37 +115,6 @@ pub async fn vm_cp(client: &Client, a: VmCpArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The VM, once it is running and its guest agent is up.
-async fn wait_running(client: &Client, name: &str) -> anyhow::Result<VmInfo> {
-    let vm: VmInfo = client.get(&format!("/v1/vms/{name}")).await?;
-    if vm.state != banger_proto::VmState::Running {
-        bail!(
-            "VM {} is {}; start it with `banger vm start {}`",
-            vm.name,
-            vm.state,
-            vm.name
-        );
-    }
-    if vm.agent_ready {
-        return Ok(vm);
-    }
-    let path = format!("/v1/vms/{name}/ready?timeout_secs={READY_SECS}");
-    client
-        .post::<_, VmInfo>(&path, &())
-        .await
-        .with_context(|| format!("VM {name} is not ready; see `banger vm logs {name}`"))
-}
-
-fn agent_for(vm: &VmInfo) -> anyhow::Result<AgentClient> {
-    let path = vm.vsock_path.as_deref().with_context(|| {
-        format!(
-            "VM {} has no guest agent channel (is it running? see `banger vm show {}`)",
-            vm.name, vm.name
-        )
-    })?;
-    Ok(AgentClient::hybrid(path).with_connect_timeout(Duration::from_secs(10)))
 }
 
 /// What is at a guest path, as far as `cp -r` semantics care.

@@ -281,28 +281,28 @@ pub(crate) async fn pull(
     };
     let mut view = ProgressView::new(name);
     let mut result = None;
-    post_lines(
-        client,
-        "/v1/images/pull",
-        &req,
-        |line| match serde_json::from_slice::<PullEvent>(line) {
-            Ok(PullEvent::Progress(p)) => view.update(&p),
-            Ok(PullEvent::Done { image }) => result = Some(Ok(image)),
-            Ok(PullEvent::Failed { error, unavailable }) => {
-                result = Some(Err(PullError::Failed {
-                    message: error.message,
-                    unavailable,
-                }))
-            }
-            Err(e) => {
-                result = Some(Err(PullError::Client(ClientError::BadAnswer {
-                    status: hyper::StatusCode::OK,
-                    detail: format!("unreadable pull event: {e}"),
-                })))
-            }
-        },
-    )
-    .await?;
+    client
+        .post_lines(
+            "/v1/images/pull",
+            &req,
+            |line| match serde_json::from_slice::<PullEvent>(line) {
+                Ok(PullEvent::Progress(p)) => view.update(&p),
+                Ok(PullEvent::Done { image }) => result = Some(Ok(image)),
+                Ok(PullEvent::Failed { error, unavailable }) => {
+                    result = Some(Err(PullError::Failed {
+                        message: error.message,
+                        unavailable,
+                    }))
+                }
+                Err(e) => {
+                    result = Some(Err(PullError::Client(ClientError::BadAnswer {
+                        status: hyper::StatusCode::OK,
+                        detail: format!("unreadable pull event: {e}"),
+                    })))
+                }
+            },
+        )
+        .await?;
     view.finish();
     result.unwrap_or_else(|| {
         Err(PullError::Failed {
@@ -371,81 +371,4 @@ impl Drop for ProgressView {
     fn drop(&mut self) {
         self.finish();
     }
-}
-
-/// POST `body` and hand each newline-terminated line of the streamed answer
-/// to `on_line` as it arrives (client.rs's `stream` is GET-only).
-async fn post_lines<B: serde::Serialize>(
-    client: &Client,
-    path: &str,
-    body: &B,
-    mut on_line: impl FnMut(&[u8]),
-) -> Result<(), ClientError> {
-    use http_body_util::{BodyExt, Full};
-    use hyper::body::Bytes;
-    let socket = client.socket().to_path_buf();
-    let transport = |detail: String| ClientError::Transport {
-        socket: socket.clone(),
-        detail,
-    };
-    let body = serde_json::to_vec(body).map_err(|e| transport(e.to_string()))?;
-    let stream = tokio::net::UnixStream::connect(&socket)
-        .await
-        .map_err(|e| ClientError::DaemonDown {
-            socket: socket.clone(),
-            reason: e.to_string(),
-        })?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| transport(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let req = hyper::Request::builder()
-        .method(hyper::Method::POST)
-        .uri(path)
-        .header(hyper::header::HOST, "bangerd")
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| transport(e.to_string()))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| transport(e.to_string()))?;
-    let status = resp.status();
-    let mut resp_body = resp.into_body();
-    if !status.is_success() {
-        let bytes = resp_body
-            .collect()
-            .await
-            .map_err(|e| transport(e.to_string()))?
-            .to_bytes();
-        return Err(
-            match serde_json::from_slice::<banger_proto::ApiError>(&bytes) {
-                Ok(e) => ClientError::Api(e),
-                Err(_) => ClientError::BadAnswer {
-                    status,
-                    detail: String::from_utf8_lossy(&bytes).into_owned(),
-                },
-            },
-        );
-    }
-    let mut pending: Vec<u8> = Vec::new();
-    while let Some(frame) = resp_body.frame().await {
-        let frame = frame.map_err(|e| transport(e.to_string()))?;
-        if let Some(data) = frame.data_ref() {
-            pending.extend_from_slice(data);
-            while let Some(i) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=i).collect();
-                if line.len() > 1 {
-                    on_line(&line[..line.len() - 1]);
-                }
-            }
-        }
-    }
-    if !pending.is_empty() {
-        on_line(&pending);
-    }
-    Ok(())
 }

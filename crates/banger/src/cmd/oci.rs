@@ -8,7 +8,7 @@ use anyhow::bail;
 use banger_proto::{ApiError, ImageInfo};
 use serde::{Deserialize, Serialize};
 
-use crate::client::{Client, ClientError};
+use crate::client::Client;
 
 /// Whether an `--image` / `image pull` argument is a registry reference
 /// rather than a local or catalog name (store names have neither '/' nor
@@ -166,39 +166,39 @@ pub(crate) async fn pull(
     };
     let mut lines = Lines::default();
     let mut result: Option<anyhow::Result<Pulled>> = None;
-    post_lines(
-        client,
-        "/v1/images/oci-pull",
-        &req,
-        |line| match serde_json::from_slice::<Event>(line) {
-            Ok(Event::Progress {
-                layer,
-                layers,
-                digest,
-                phase,
-                done,
-                total,
-            }) => lines.show(layer, layers, &digest, &phase, done, total),
-            Ok(Event::Done {
-                image,
-                config,
-                pulled,
-            }) => {
-                result = Some(Ok(Pulled {
+    client
+        .post_lines(
+            "/v1/images/oci-pull",
+            &req,
+            |line| match serde_json::from_slice::<Event>(line) {
+                Ok(Event::Progress {
+                    layer,
+                    layers,
+                    digest,
+                    phase,
+                    done,
+                    total,
+                }) => lines.show(layer, layers, &digest, &phase, done, total),
+                Ok(Event::Done {
                     image,
                     config,
                     pulled,
-                }))
-            }
-            Ok(Event::Failed { error }) => result = Some(Err(anyhow::anyhow!(error.message))),
-            Err(e) => {
-                result = Some(Err(anyhow::anyhow!(
-                    "bangerd sent an unreadable pull event: {e}"
-                )))
-            }
-        },
-    )
-    .await?;
+                }) => {
+                    result = Some(Ok(Pulled {
+                        image,
+                        config,
+                        pulled,
+                    }))
+                }
+                Ok(Event::Failed { error }) => result = Some(Err(anyhow::anyhow!(error.message))),
+                Err(e) => {
+                    result = Some(Err(anyhow::anyhow!(
+                        "bangerd sent an unreadable pull event: {e}"
+                    )))
+                }
+            },
+        )
+        .await?;
     result
         .unwrap_or_else(|| bail!("bangerd ended the pull without saying how it went; see its log"))
 }
@@ -231,81 +231,6 @@ pub(crate) async fn ensure(client: &Client, reference: &str) -> anyhow::Result<P
         );
     }
     Ok(p)
-}
-
-/// POST `body` and hand each line of the streamed answer to `on_line` as
-/// it arrives.
-async fn post_lines<B: Serialize>(
-    client: &Client,
-    path: &str,
-    body: &B,
-    mut on_line: impl FnMut(&[u8]),
-) -> Result<(), ClientError> {
-    use http_body_util::{BodyExt, Full};
-    use hyper::body::Bytes;
-    let socket = client.socket().to_path_buf();
-    let transport = |detail: String| ClientError::Transport {
-        socket: socket.clone(),
-        detail,
-    };
-    let body = serde_json::to_vec(body).map_err(|e| transport(e.to_string()))?;
-    let stream = tokio::net::UnixStream::connect(&socket)
-        .await
-        .map_err(|e| ClientError::DaemonDown {
-            socket: socket.clone(),
-            reason: e.to_string(),
-        })?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| transport(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let req = hyper::Request::builder()
-        .method(hyper::Method::POST)
-        .uri(path)
-        .header(hyper::header::HOST, "bangerd")
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| transport(e.to_string()))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| transport(e.to_string()))?;
-    let status = resp.status();
-    let mut resp_body = resp.into_body();
-    if !status.is_success() {
-        let bytes = resp_body
-            .collect()
-            .await
-            .map_err(|e| transport(e.to_string()))?
-            .to_bytes();
-        return Err(match serde_json::from_slice::<ApiError>(&bytes) {
-            Ok(e) => ClientError::Api(e),
-            Err(_) => ClientError::BadAnswer {
-                status,
-                detail: String::from_utf8_lossy(&bytes).into_owned(),
-            },
-        });
-    }
-    let mut pending: Vec<u8> = Vec::new();
-    while let Some(frame) = resp_body.frame().await {
-        let frame = frame.map_err(|e| transport(e.to_string()))?;
-        if let Some(data) = frame.data_ref() {
-            pending.extend_from_slice(data);
-            while let Some(i) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=i).collect();
-                if line.len() > 1 {
-                    on_line(&line[..line.len() - 1]);
-                }
-            }
-        }
-    }
-    if !pending.is_empty() {
-        on_line(&pending);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -114,7 +114,7 @@ async fn ensure_image(client: &Client, name: &str, phases: &mut Phases) -> anyho
     Ok(())
 }
 
-fn agent_for(vm: &VmInfo) -> anyhow::Result<AgentClient> {
+pub(crate) fn agent_for(vm: &VmInfo) -> anyhow::Result<AgentClient> {
     let path = vm.vsock_path.as_deref().with_context(|| {
         format!(
             "VM {} has no guest agent channel (is it running? see `banger vm show {}`)",
@@ -489,7 +489,7 @@ fn terminal_size() -> TtySize {
 
 /// The VM, once it is running and its guest has come up (a VM started a
 /// moment ago is still booting).
-async fn wait_running(client: &Client, name: &str) -> anyhow::Result<VmInfo> {
+pub(crate) async fn wait_running(client: &Client, name: &str) -> anyhow::Result<VmInfo> {
     let vm: VmInfo = client.get(&format!("/v1/vms/{name}")).await?;
     if vm.state != banger_proto::VmState::Running {
         bail!(
