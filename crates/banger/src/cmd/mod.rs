@@ -39,12 +39,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 pub fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
     f: F,
 ) -> anyhow::Result<ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?
-        .block_on(f)
+        .context("cannot start the async runtime")?;
+    let result = rt.block_on(f);
+    // Forwarding stdin leaves a blocking read that nothing can cancel; a
+    // plain drop of the runtime would wait for it (for the user's next key
+    // or the pipe's end) after the command already finished.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
 }
 
 /// Loads the user's config, or fails with the file, line and key named.
