@@ -256,6 +256,18 @@ fn real_guests_end_to_end() {
     let (_, out, _) = env.banger(&["vm", "show", "box", "--json"], SHORT);
     let info: serde_json::Value = serde_json::from_str(&out).expect("json");
     let pid = info["pid"].as_i64().expect("pid");
+    let handle: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(env.path("state/vms/box/vmm.json")).expect("vmm.json"),
+    )
+    .expect("handle");
+    let helper_pids: Vec<i64> = handle["helpers"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter_map(|x| x["process"]["pid"].as_i64())
+                .collect()
+        })
+        .unwrap_or_default();
     // SAFETY: the VMM pid our own daemon reports for our own VM.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -273,6 +285,19 @@ fn real_guests_end_to_end() {
         reason.contains("exited unexpectedly") && reason.contains("console tail"),
         "{reason}"
     );
+    // and its helpers (the vsock backend) do not outlive it
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // SAFETY: signal 0 only checks whether our daemon's helper still exists.
+    while helper_pids
+        .iter()
+        .any(|p| unsafe { libc::kill(*p as i32, 0) } == 0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "VMM helpers {helper_pids:?} outlived the crashed VMM"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // delete frees everything
     let (code, _, _) = env.banger(&["vm", "delete", "box"], LONG);

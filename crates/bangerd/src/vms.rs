@@ -480,8 +480,15 @@ impl Daemon {
                 };
                 if let banger_vmm::VmmStatus::Exited(info) = vm.status() {
                     let console = vm.console_log().to_path_buf();
-                    *guard = None;
+                    let kind = vm.handle().kind;
+                    let mut dead = guard.take();
                     drop(guard);
+                    // The VMM is gone but its helpers (the vsock backend)
+                    // and control sockets are not: the driver's stop of an
+                    // exited VMM cleans those up.
+                    if let (Some(vm), Ok(driver)) = (dead.as_mut(), d.driver_for(Some(kind))) {
+                        let _ = driver.stop(vm, Duration::ZERO).await;
+                    }
                     let tail = banger_vmm::process::log_tail(&console, 10);
                     let reason =
                         format!("the VMM exited unexpectedly ({info}); console tail:\n{tail}");
