@@ -1,7 +1,7 @@
 //! `banger doctor`: what this host can do, truthfully, and how to fix what
 //! it cannot.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use banger_core::Config;
@@ -22,22 +22,6 @@ pub struct VmmPick {
     pub configured: String,
     pub driver: Option<String>,
     pub reason: String,
-}
-
-/// Finds `name` on PATH.
-pub fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].iter().map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
 }
 
 /// First line of `<bin> <arg>`, for version reporting.
@@ -184,7 +168,7 @@ pub fn run_checks(
         ),
         ("zstd", "zstd", false, "bundle tooling"),
     ] {
-        checks.push(match which(tool) {
+        checks.push(match banger_vmm::host::find_program(tool) {
             Some(p) => check(tool, Ok, format!("{} ({why})", p.display()), None, required),
             None => check(
                 tool,
