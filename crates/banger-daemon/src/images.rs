@@ -7,7 +7,7 @@ use banger_proto::ErrorKind;
 use banger_store::{ImageRecord, KernelRecord};
 
 use crate::Daemon;
-use crate::api::ApiErr;
+use crate::DaemonError;
 
 pub const ENV_AGENT_BIN: &str = "BANGER_AGENT_BIN";
 
@@ -42,10 +42,10 @@ impl Daemon {
         name: String,
         profile: banger_image::Profile,
         mirror: Option<String>,
-    ) -> Result<(ImageRecord, KernelRecord), ApiErr> {
+    ) -> Result<(ImageRecord, KernelRecord), DaemonError> {
         banger_core::names::validate_image_name(&name)?;
         if self.store.get_image(&name).is_ok() {
-            return Err(ApiErr::new(
+            return Err(DaemonError::new(
                 ErrorKind::Conflict,
                 format!(
                     "an image named {name:?} already exists; delete it first (banger image delete {name})"
@@ -53,7 +53,7 @@ impl Daemon {
             ));
         }
         let agent = agent_binary().ok_or_else(|| {
-            ApiErr::new(
+            DaemonError::new(
                 ErrorKind::Conflict,
                 format!(
                     "cannot find the banger-vsock-agent binary to put in the image; build it (scripts/build-agent-static) and set {ENV_AGENT_BIN}, or install banger with `banger system install`"
@@ -65,7 +65,9 @@ impl Daemon {
             let tmp = tempfile::Builder::new()
                 .prefix("build-")
                 .tempdir_in(d.paths.tmp_dir())
-                .map_err(|e| ApiErr::internal(format!("cannot create a build directory: {e}")))?;
+                .map_err(|e| {
+                    DaemonError::internal(format!("cannot create a build directory: {e}"))
+                })?;
             let mut opts = banger_image::BuildOptions::new(&name, profile, tmp.path().join("out"));
             if let Some(m) = mirror {
                 opts.mirror = m;
@@ -76,11 +78,11 @@ impl Daemon {
             });
             tracing::info!(image = %name, profile = profile.as_str(), "building image");
             let built = banger_image::build_image(&opts)
-                .map_err(|e| ApiErr::internal(format!("image build failed: {e}")))?;
+                .map_err(|e| DaemonError::internal(format!("image build failed: {e}")))?;
             d.register_built(&built, &format!("build:{}", profile.as_str()))
         })
         .await
-        .map_err(|e| ApiErr::internal(format!("build worker failed: {e}")))?
+        .map_err(|e| DaemonError::internal(format!("build worker failed: {e}")))?
     }
 
     /// Registers a built image (and its kernel, once per kernel name).
@@ -88,13 +90,13 @@ impl Daemon {
         &self,
         built: &banger_image::BuiltImage,
         origin: &str,
-    ) -> Result<(ImageRecord, KernelRecord), ApiErr> {
+    ) -> Result<(ImageRecord, KernelRecord), DaemonError> {
         let (img, k) = banger_image::build::install_built(
             built,
             &self.paths.images_dir(),
             &self.paths.kernels_dir(),
         )
-        .map_err(|e| ApiErr::internal(format!("cannot install the image: {e}")))?;
+        .map_err(|e| DaemonError::internal(format!("cannot install the image: {e}")))?;
         self.register_files(&built.manifest.name, origin, &img, &k)
     }
 
@@ -105,7 +107,7 @@ impl Daemon {
         origin: &str,
         img: &banger_image::store::ImageRecord,
         k: &banger_image::kernel::KernelRecord,
-    ) -> Result<(ImageRecord, KernelRecord), ApiErr> {
+    ) -> Result<(ImageRecord, KernelRecord), DaemonError> {
         let kernel = match self.store.get_kernel(&k.name) {
             Ok(existing) => existing,
             Err(_) => {
@@ -147,18 +149,18 @@ static PULL_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// local build is the sensible fallback) or refused.
 #[derive(Debug)]
 pub struct PullFailure {
-    pub err: ApiErr,
+    pub err: DaemonError,
     pub unavailable: bool,
 }
 
 impl PullFailure {
-    fn refused(err: ApiErr) -> Self {
+    fn refused(err: DaemonError) -> Self {
         PullFailure {
             err,
             unavailable: false,
         }
     }
-    fn unavailable(err: ApiErr) -> Self {
+    fn unavailable(err: DaemonError) -> Self {
         PullFailure {
             err,
             unavailable: true,
@@ -166,8 +168,8 @@ impl PullFailure {
     }
 }
 
-impl From<ApiErr> for PullFailure {
-    fn from(err: ApiErr) -> Self {
+impl From<DaemonError> for PullFailure {
+    fn from(err: DaemonError) -> Self {
         PullFailure::refused(err)
     }
 }
@@ -198,12 +200,12 @@ impl Daemon {
     pub fn catalog(
         &self,
         override_file: Option<&str>,
-    ) -> Result<banger_image::catalog::Catalog, ApiErr> {
+    ) -> Result<banger_image::catalog::Catalog, DaemonError> {
         let file = match override_file {
             Some(f) => {
                 let p = PathBuf::from(f);
                 if !p.is_absolute() {
-                    return Err(ApiErr::bad_request(format!(
+                    return Err(DaemonError::bad_request(format!(
                         "catalog file {f:?} must be an absolute path"
                     )));
                 }
@@ -216,7 +218,7 @@ impl Daemon {
                 .map(|p| p.expand(&banger_core::host::home_dir().unwrap_or_default())),
         };
         banger_image::catalog::Catalog::resolve(file.as_deref())
-            .map_err(|e| ApiErr::bad_request(e.to_string()))
+            .map_err(|e| DaemonError::bad_request(e.to_string()))
     }
 
     /// Pulls catalog entry `req.name`, installs it into the store and
@@ -230,12 +232,12 @@ impl Daemon {
     ) -> Result<(ImageRecord, KernelRecord), PullFailure> {
         use banger_image::Error as E;
         if let Some(msg) = oci_reference_error(&req.name) {
-            return Err(ApiErr::bad_request(msg).into());
+            return Err(DaemonError::bad_request(msg).into());
         }
         let local = req.local_name.clone().unwrap_or_else(|| req.name.clone());
-        banger_core::names::validate_image_name(&local).map_err(ApiErr::from)?;
+        banger_core::names::validate_image_name(&local).map_err(DaemonError::from)?;
         if self.store.get_image(&local).is_ok() {
-            return Err(ApiErr::new(
+            return Err(DaemonError::new(
                 ErrorKind::Conflict,
                 format!("an image named {local:?} already exists; delete it first (banger image delete {local})"),
             )
@@ -254,7 +256,7 @@ impl Daemon {
             } else {
                 format!("it has: {}", names.join(", "))
             };
-            PullFailure::unavailable(ApiErr::new(
+            PullFailure::unavailable(DaemonError::new(
                 ErrorKind::NotFound,
                 format!(
                     "no image named {:?} in the catalog ({source}; {has}); set catalog_file in config to use another catalog, or build the image locally with `banger image build`",
@@ -290,7 +292,7 @@ impl Daemon {
         let kernel_known: Vec<String> = self
             .store
             .list_kernels()
-            .map_err(ApiErr::from)?
+            .map_err(DaemonError::from)?
             .into_iter()
             .map(|k| k.name)
             .collect();
@@ -299,9 +301,9 @@ impl Daemon {
             let msg = format!("cannot pull {}: {e}", req.name);
             PullFailure {
                 err: if unavailable {
-                    ApiErr::new(ErrorKind::Conflict, msg)
+                    DaemonError::new(ErrorKind::Conflict, msg)
                 } else {
-                    ApiErr::internal(msg)
+                    DaemonError::internal(msg)
                 },
                 unavailable,
             }
@@ -347,26 +349,26 @@ impl Daemon {
     pub fn bundle_image(
         &self,
         req: &banger_proto::BundleImageRequest,
-    ) -> Result<banger_proto::BundleInfo, ApiErr> {
+    ) -> Result<banger_proto::BundleInfo, DaemonError> {
         let img = self.store.get_image(&req.name)?;
         let kernel = self.store.get_kernel(&img.kernel)?;
         let (key, out) = (PathBuf::from(&req.key), PathBuf::from(&req.out));
         for (p, what) in [(&key, "key"), (&out, "out")] {
             if !p.is_absolute() {
-                return Err(ApiErr::bad_request(format!(
+                return Err(DaemonError::bad_request(format!(
                     "{what} {} must be an absolute path",
                     p.display()
                 )));
             }
         }
         let key = banger_image::bundle::load_signing_key(&key)
-            .map_err(|e| ApiErr::bad_request(e.to_string()))?;
+            .map_err(|e| DaemonError::bad_request(e.to_string()))?;
         let image = banger_image::store::ImageRecord::load(Path::new(&img.dir))
-            .map_err(|e| ApiErr::internal(format!("image {}: {e}", req.name)))?;
+            .map_err(|e| DaemonError::internal(format!("image {}: {e}", req.name)))?;
         let k = banger_image::kernel::KernelRecord::load(Path::new(&kernel.dir))
-            .map_err(|e| ApiErr::internal(format!("kernel {}: {e}", kernel.name)))?;
+            .map_err(|e| DaemonError::internal(format!("kernel {}: {e}", kernel.name)))?;
         let b = banger_image::bundle::bundle(&image, &k, &key, &out)
-            .map_err(|e| ApiErr::bad_request(format!("cannot bundle {}: {e}", req.name)))?;
+            .map_err(|e| DaemonError::bad_request(format!("cannot bundle {}: {e}", req.name)))?;
         let size_bytes = b.manifest.files.iter().map(|f| f.compressed_size).sum();
         Ok(banger_proto::BundleInfo {
             dir: b.dir.display().to_string(),

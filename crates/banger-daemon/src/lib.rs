@@ -1,16 +1,18 @@
-//! The owner daemon as a library, so tests can run it in-process or as a
-//! real child process on a temp socket.
+//! banger's daemon core: the VM lifecycle, the image store, OCI pulls and
+//! the guest disks, as a library with no HTTP in it. `bangerd` serves it
+//! over the API socket (its handlers parse, call one method here and map
+//! the [`DaemonError`]); tests drive it in-process.
 
-pub mod api;
+pub mod error;
 pub mod file_sync;
 pub mod guest;
 pub mod images;
-pub mod logging;
 pub mod oci;
-pub mod socket;
 pub mod vms;
 
-use std::path::{Path, PathBuf};
+pub use error::{DaemonError, DaemonResult};
+
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -143,45 +145,9 @@ impl Daemon {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(paths: Paths, config_path: Option<PathBuf>, opts: Options) -> anyhow::Result<()> {
-    let config = match &config_path {
-        Some(p) => Config::load(p)?,
-        None => Config::load_default()?,
-    };
-    let socket_path = paths.socket.clone();
-    let daemon = Arc::new(Daemon::open(paths, config, &opts)?);
-    daemon.readopt().await?;
-    let listener = socket::bind(&socket_path)?;
-    // DNS may wait for the root helper (it creates the bridge the server
-    // listens on); clients must not wait for that.
-    let dns = {
-        let daemon = Arc::clone(&daemon);
-        let opts = opts.clone();
-        tokio::spawn(async move {
-            let _handle = start_dns(&daemon, &opts).await;
-            std::future::pending::<()>().await;
-        })
-    };
-    tracing::info!(socket = %socket_path.display(), version = env!("CARGO_PKG_VERSION"), "bangerd listening");
-    // Not under systemd this is a no-op; under Type=notify it tells systemd
-    // the socket is ready for clients.
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    let app = api::router(daemon);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("API server failed")?;
-    dns.abort();
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    let _ = std::fs::remove_file(&socket_path);
-    tracing::info!("bangerd stopped");
-    Ok(())
-}
-
 /// Starts the `.vm` DNS server. A failure is logged, not fatal: VMs still
 /// work by address and `banger vm ssh`; `doctor` reports DNS separately.
-async fn start_dns(daemon: &Arc<Daemon>, opts: &Options) -> Option<banger_dns::DnsHandle> {
+pub async fn start_dns(daemon: &Arc<Daemon>, opts: &Options) -> Option<banger_dns::DnsHandle> {
     for vm in daemon.store.list_vms().ok()? {
         if vm.state == banger_proto::VmState::Running
             && let Some(ip) = vm.ip.as_deref().and_then(|s| s.parse().ok())
@@ -284,22 +250,5 @@ async fn wire_resolved(daemon: &Arc<Daemon>, addr: std::net::SocketAddr) {
     {
         Ok(_) => tracing::info!("systemd-resolved routes .vm to {addr}"),
         Err(e) => tracing::warn!("cannot wire systemd-resolved for .vm: {e}"),
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the daemon still serves; it just cannot
-        // shut down gracefully.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
 }

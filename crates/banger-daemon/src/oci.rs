@@ -13,7 +13,7 @@ use banger_proto::{ApiError, ErrorKind, ImageInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::Daemon;
-use crate::api::ApiErr;
+use crate::DaemonError;
 
 /// Body of `POST /v1/images/oci-pull`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,15 +148,6 @@ fn image_info(r: banger_store::ImageRecord) -> ImageInfo {
     }
 }
 
-fn oci_err(e: banger_oci::Error) -> ApiErr {
-    use banger_oci::Error as E;
-    let kind = match &e {
-        E::Hostile { .. } => ErrorKind::BadRequest,
-        _ => ErrorKind::Internal,
-    };
-    ApiErr::new(kind, format!("OCI pull failed: {e}"))
-}
-
 fn progress_event(p: &banger_oci::Progress) -> OciPullEvent {
     let phase = match p.phase {
         banger_oci::Phase::Downloading => "downloading",
@@ -183,7 +174,7 @@ impl Daemon {
     /// The kernel OCI images boot with and its boot args (plus
     /// `init=/sbin/banger-init`): the default image's kernel, else any
     /// registered kernel.
-    pub fn oci_kernel(&self) -> Result<(String, String), ApiErr> {
+    pub fn oci_kernel(&self) -> Result<(String, String), DaemonError> {
         let strip_init = |args: &str| {
             args.split_whitespace()
                 .filter(|w| !w.starts_with("init="))
@@ -212,7 +203,7 @@ impl Daemon {
         }
         let kernels = self.store.list_kernels()?;
         let k = kernels.first().ok_or_else(|| {
-            ApiErr::new(
+            DaemonError::new(
                 ErrorKind::Conflict,
                 "no kernel is registered to boot OCI images with; register or pull a Debian image first, its kernel boots OCI images",
             )
@@ -261,9 +252,9 @@ impl Daemon {
         self: &Arc<Self>,
         req: &OciPullRequest,
         progress: &mut dyn FnMut(OciPullEvent),
-    ) -> Result<OciPullEvent, ApiErr> {
+    ) -> Result<OciPullEvent, DaemonError> {
         let reference = banger_oci::Reference::parse(&req.reference)
-            .map_err(|e| ApiErr::bad_request(format!("{:?}: {e}", req.reference)))?;
+            .map_err(|e| DaemonError::bad_request(format!("{:?}: {e}", req.reference)))?;
         let name = match &req.name {
             Some(n) => n.clone(),
             None => image_name_for(&reference),
@@ -282,7 +273,7 @@ impl Daemon {
                     .unwrap_or_default();
                 banger_oci::resolve(&req.reference, &registry)
                     .map(|(_, doc)| doc.digest == installed)
-                    .map_err(oci_err)?
+                    .map_err(DaemonError::from)?
             };
             if current {
                 return Ok(OciPullEvent::Done {
@@ -291,7 +282,7 @@ impl Daemon {
                     pulled: false,
                 });
             }
-            return Err(ApiErr::new(
+            return Err(DaemonError::new(
                 ErrorKind::Conflict,
                 format!(
                     "image {name:?} holds an older pull of {reference}; delete it (banger image delete {name}) and pull again"
@@ -299,7 +290,7 @@ impl Daemon {
             ));
         }
         if self.store.get_image(&name).is_ok() {
-            return Err(ApiErr::new(
+            return Err(DaemonError::new(
                 ErrorKind::Conflict,
                 format!(
                     "an image named {name:?} already exists and was not pulled from {reference}; choose another --name"
@@ -307,7 +298,7 @@ impl Daemon {
             ));
         }
         let agent = crate::images::agent_binary().ok_or_else(|| {
-            ApiErr::new(
+            DaemonError::new(
                 ErrorKind::Conflict,
                 format!(
                     "cannot find the banger-vsock-agent binary to inject as {}; build it (scripts/build-agent-static) and set {}, or install banger with `banger system install`",
@@ -317,21 +308,21 @@ impl Daemon {
             )
         })?;
         let agent_bytes = std::fs::read(&agent)
-            .map_err(|e| ApiErr::internal(format!("cannot read {}: {e}", agent.display())))?;
+            .map_err(|e| DaemonError::internal(format!("cannot read {}: {e}", agent.display())))?;
         let (kernel, boot_args) = self.oci_kernel()?;
         let kernel_dir = self.store.get_kernel(&kernel)?.dir;
         let krec = banger_image::kernel::KernelRecord::load(Path::new(&kernel_dir))
-            .map_err(|e| ApiErr::internal(format!("kernel {kernel}: {e}")))?;
+            .map_err(|e| DaemonError::internal(format!("kernel {kernel}: {e}")))?;
 
         let cache = layer_cache_dir(self);
-        crate::ensure_private_dir(&cache).map_err(ApiErr::internal)?;
+        crate::ensure_private_dir(&cache).map_err(DaemonError::internal)?;
         let mut opts = banger_oci::PullOptions::new(self.paths.images_dir(), cache, kernel.clone());
         opts.registry = registry;
         opts.boot_args = boot_args;
         let mut on_progress = |p: &banger_oci::Progress| progress(progress_event(p));
         opts.progress = Some(&mut on_progress);
         tracing::info!(reference = %reference, image = %name, kernel = %kernel, "pulling OCI image");
-        let pulled = banger_oci::pull_to_ext4(&req.reference, opts).map_err(oci_err)?;
+        let pulled = banger_oci::pull_to_ext4(&req.reference, opts).map_err(DaemonError::from)?;
         let installed = pulled.image.clone();
         let r = self
             .make_bootable(&installed, &agent_bytes)
@@ -362,10 +353,10 @@ impl Daemon {
         &self,
         img: &banger_image::store::ImageRecord,
         agent: &[u8],
-    ) -> Result<banger_image::store::ImageRecord, ApiErr> {
+    ) -> Result<banger_image::store::ImageRecord, DaemonError> {
         let rootfs = &img.rootfs;
         let fail = |e: banger_image::Error| {
-            ApiErr::internal(format!(
+            DaemonError::internal(format!(
                 "cannot install banger-init into {}: {e}",
                 rootfs.display()
             ))
@@ -400,9 +391,9 @@ impl Daemon {
         let mut out = img.clone();
         out.manifest.sha256 = banger_image::store::sha256_file(rootfs).map_err(fail)?;
         out.manifest.size = ext4::FileSize::of(rootfs).map_err(fail)?;
-        let json = serde_json::to_vec_pretty(&out.manifest).map_err(ApiErr::internal)?;
+        let json = serde_json::to_vec_pretty(&out.manifest).map_err(DaemonError::internal)?;
         std::fs::write(img.dir.join(banger_image::store::IMAGE_MANIFEST), json)
-            .map_err(|e| ApiErr::internal(format!("cannot update image.json: {e}")))?;
+            .map_err(|e| DaemonError::internal(format!("cannot update image.json: {e}")))?;
         Ok(out)
     }
 }

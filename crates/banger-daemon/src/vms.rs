@@ -20,7 +20,7 @@ use banger_vmm::{
 use tokio::sync::Mutex;
 
 use crate::Daemon;
-use crate::api::ApiErr;
+use crate::DaemonError;
 
 /// How long a graceful stop may take before the VMM is forced.
 const STOP_GRACE: Duration = Duration::from_secs(20);
@@ -95,17 +95,17 @@ fn ipv4(rec: &VmRecord) -> Option<Ipv4Addr> {
     rec.ip.as_deref().and_then(|s| s.parse().ok())
 }
 
-fn err(kind: ErrorKind, msg: impl Into<String>) -> ApiErr {
-    ApiErr::new(kind, msg)
+fn err(kind: ErrorKind, msg: impl Into<String>) -> DaemonError {
+    DaemonError::new(kind, msg)
 }
 
 /// Runs blocking disk work off the async runtime.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiErr> + Send + 'static,
-) -> Result<T, ApiErr> {
+    f: impl FnOnce() -> Result<T, DaemonError> + Send + 'static,
+) -> Result<T, DaemonError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiErr::internal(format!("worker failed: {e}")))?
+        .map_err(|e| DaemonError::internal(format!("worker failed: {e}")))?
 }
 
 impl Daemon {
@@ -136,7 +136,7 @@ impl Daemon {
     pub async fn create_vm(
         self: &Arc<Self>,
         req: banger_proto::CreateVmRequest,
-    ) -> Result<(VmRecord, VmSpec), ApiErr> {
+    ) -> Result<(VmRecord, VmSpec), DaemonError> {
         let image_name = req
             .image
             .clone()
@@ -149,13 +149,13 @@ impl Daemon {
         })?;
         let spec = self.resolve_spec(&req);
         if spec.vcpu.value == 0 || spec.vcpu.value > 32 {
-            return Err(ApiErr::bad_request("vcpu must be between 1 and 32"));
+            return Err(DaemonError::bad_request("vcpu must be between 1 and 32"));
         }
         if spec.memory_mib.value < 128 {
-            return Err(ApiErr::bad_request("memory must be at least 128 MiB"));
+            return Err(DaemonError::bad_request("memory must be at least 128 MiB"));
         }
         if spec.disk_bytes.value < (256 << 20) {
-            return Err(ApiErr::bad_request("disk must be at least 256M"));
+            return Err(DaemonError::bad_request("disk must be at least 256M"));
         }
         let subnet = self.config.vm_subnet().value;
         let pick = move |used: &[String]| {
@@ -217,7 +217,7 @@ impl Daemon {
         })
         .await;
         if let Err(e) = r {
-            tracing::warn!(vm = %name, "create failed, cleaning up: {}", e.0.message);
+            tracing::warn!(vm = %name, "create failed, cleaning up: {}", e.message);
             let _ = std::fs::remove_dir_all(self.vm_dir(&name));
             let _ = self.store.delete_vm(&name);
             return Err(e);
@@ -234,21 +234,22 @@ impl Daemon {
         rec: &VmRecord,
         image_dir: &Path,
         ssh_key: Option<&str>,
-    ) -> Result<(), ApiErr> {
+    ) -> Result<(), DaemonError> {
         let dir = self.vm_dir(&rec.name);
-        crate::ensure_private_dir(&dir).map_err(ApiErr::internal)?;
+        crate::ensure_private_dir(&dir).map_err(DaemonError::internal)?;
         let rootfs = image_dir.join(banger_image::store::ROOTFS);
         let root = dir.join(ROOT_DISK);
-        let method = banger_vmm::clone_disk(&rootfs, &root).map_err(ApiErr::internal)?;
+        let method = banger_vmm::clone_disk(&rootfs, &root).map_err(DaemonError::internal)?;
         tracing::debug!(vm = %rec.name, ?method, "root disk cloned");
         let host_key =
-            crate::guest::generate_host_key(&dir, &rec.name).map_err(ApiErr::internal)?;
-        crate::guest::personalise_root(&root, &rec.name, &host_key).map_err(ApiErr::internal)?;
+            crate::guest::generate_host_key(&dir, &rec.name).map_err(DaemonError::internal)?;
+        crate::guest::personalise_root(&root, &rec.name, &host_key)
+            .map_err(DaemonError::internal)?;
         let home = banger_core::host::home_dir();
         let plan = match home {
             Some(h) if !self.config.file_sync.is_empty() => {
                 crate::file_sync::plan(&self.config.file_sync, &h)
-                    .map_err(|e| ApiErr::bad_request(e.to_string()))?
+                    .map_err(|e| DaemonError::bad_request(e.to_string()))?
             }
             _ => crate::file_sync::SyncPlan::default(),
         };
@@ -263,14 +264,14 @@ impl Daemon {
             &plan,
             &self.paths.tmp_dir(),
         )
-        .map_err(ApiErr::internal)?;
+        .map_err(DaemonError::internal)?;
         crate::guest::pin_host_key(
             &self.paths.known_hosts(),
             &rec.name,
             rec.ip.as_deref(),
             &host_key.public,
         )
-        .map_err(ApiErr::internal)?;
+        .map_err(DaemonError::internal)?;
         Ok(())
     }
 
@@ -278,7 +279,7 @@ impl Daemon {
         self.selection.as_ref().ok().map(|s| s.kind)
     }
 
-    fn driver_for(&self, kind: Option<banger_vmm::VmmKind>) -> Result<Driver, ApiErr> {
+    fn driver_for(&self, kind: Option<banger_vmm::VmmKind>) -> Result<Driver, DaemonError> {
         let sel = self.selection.as_ref().map_err(|e| {
             err(
                 ErrorKind::Conflict,
@@ -326,7 +327,7 @@ impl Daemon {
     }
 
     /// Starts a stopped VM.
-    pub async fn start_vm(self: &Arc<Self>, name: &str) -> Result<VmRecord, ApiErr> {
+    pub async fn start_vm(self: &Arc<Self>, name: &str) -> Result<VmRecord, DaemonError> {
         let slot = self.slots.get(name);
         let _op = slot.op.lock().await;
         let rec = self.store.get_vm(name)?;
@@ -351,19 +352,19 @@ impl Daemon {
             Err(e) => {
                 let _ = self.teardown_network(&rec).await;
                 self.store
-                    .set_vm_state(name, VmState::Error, Some(&e.0.message))?;
+                    .set_vm_state(name, VmState::Error, Some(&e.message))?;
                 Err(e)
             }
         }
     }
 
-    async fn boot(self: &Arc<Self>, rec: &VmRecord, slot: &Arc<Slot>) -> Result<(), ApiErr> {
+    async fn boot(self: &Arc<Self>, rec: &VmRecord, slot: &Arc<Slot>) -> Result<(), DaemonError> {
         let name = rec.name.clone();
         let dir = self.vm_dir(&name);
         let image = self.store.get_image(&rec.image)?;
         let kernel = self.store.get_kernel(&rec.kernel)?;
         let krec = banger_image::kernel::KernelRecord::load(Path::new(&kernel.dir))
-            .map_err(ApiErr::internal)?;
+            .map_err(DaemonError::internal)?;
         let image_manifest = banger_image::store::ImageRecord::load(Path::new(&image.dir)).ok();
         let kernel_args = image_manifest
             .as_ref()
@@ -406,7 +407,7 @@ impl Daemon {
                     &v.uds_path,
                     banger_proto::agent::READY_PORT,
                 )
-                .map_err(ApiErr::internal)?,
+                .map_err(DaemonError::internal)?,
             ),
             None => None,
         };
@@ -416,7 +417,7 @@ impl Daemon {
             .await
             .map_err(|e| err(ErrorKind::Internal, format!("starting VM {name}: {e}")))?;
         let handle = running.handle().clone();
-        write_handle(&dir, &handle).map_err(ApiErr::internal)?;
+        write_handle(&dir, &handle).map_err(DaemonError::internal)?;
         self.store.set_vm_process(
             &name,
             Some(handle.process.pid),
@@ -508,7 +509,7 @@ impl Daemon {
 
     /// Stops a running VM: the agent's clean shutdown, then the VMM's own
     /// graceful stop, then force.
-    pub async fn stop_vm(self: &Arc<Self>, name: &str) -> Result<VmRecord, ApiErr> {
+    pub async fn stop_vm(self: &Arc<Self>, name: &str) -> Result<VmRecord, DaemonError> {
         let slot = self.slots.get(name);
         let _op = slot.op.lock().await;
         self.stop_locked(name, &slot, false).await
@@ -521,7 +522,7 @@ impl Daemon {
         name: &str,
         slot: &Arc<Slot>,
         discard: bool,
-    ) -> Result<VmRecord, ApiErr> {
+    ) -> Result<VmRecord, DaemonError> {
         let rec = self.store.get_vm(name)?;
         if matches!(
             rec.state,
@@ -570,13 +571,13 @@ impl Daemon {
         Ok(self.store.get_vm(name)?)
     }
 
-    pub async fn restart_vm(self: &Arc<Self>, name: &str) -> Result<VmRecord, ApiErr> {
+    pub async fn restart_vm(self: &Arc<Self>, name: &str) -> Result<VmRecord, DaemonError> {
         self.stop_vm(name).await?;
         self.start_vm(name).await
     }
 
     /// Deletes a VM and everything it owns.
-    pub async fn delete_vm(self: &Arc<Self>, name: &str) -> Result<VmRecord, ApiErr> {
+    pub async fn delete_vm(self: &Arc<Self>, name: &str) -> Result<VmRecord, DaemonError> {
         let slot = self.slots.get(name);
         let _op = slot.op.lock().await;
         let rec = self.store.get_vm(name)?;
@@ -589,10 +590,11 @@ impl Daemon {
         blocking(move || {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).map_err(|e| {
-                    ApiErr::internal(format!("cannot remove {}: {e}", dir.display()))
+                    DaemonError::internal(format!("cannot remove {}: {e}", dir.display()))
                 })?;
             }
-            crate::guest::unpin_host_key(&d.paths.known_hosts(), &n).map_err(ApiErr::internal)?;
+            crate::guest::unpin_host_key(&d.paths.known_hosts(), &n)
+                .map_err(DaemonError::internal)?;
             Ok(())
         })
         .await?;
@@ -603,7 +605,7 @@ impl Daemon {
     }
 
     /// Waits until the guest agent is ready, or fails with why.
-    pub async fn wait_ready(&self, name: &str, timeout: Duration) -> Result<(), ApiErr> {
+    pub async fn wait_ready(&self, name: &str, timeout: Duration) -> Result<(), DaemonError> {
         let rec = self.store.get_vm(name)?;
         if rec.state != VmState::Running {
             return Err(err(
@@ -621,11 +623,11 @@ impl Daemon {
                     timeout.as_secs()
                 ),
             )),
-            Ok(Err(_)) => Err(ApiErr::internal("readiness channel closed")),
+            Ok(Err(_)) => Err(DaemonError::internal("readiness channel closed")),
             Ok(Ok(s)) => match &*s {
                 ReadyState::Ready => Ok(()),
                 ReadyState::Failed(why) => Err(err(ErrorKind::Conflict, why.clone())),
-                ReadyState::Waiting => Err(ApiErr::internal("readiness still pending")),
+                ReadyState::Waiting => Err(DaemonError::internal("readiness still pending")),
             },
         }
     }
@@ -690,7 +692,7 @@ impl Daemon {
     }
 
     /// Bridge, tap, NAT and egress for one VM through the root helper.
-    async fn setup_network(&self, rec: &VmRecord) -> Result<Option<NetSpec>, ApiErr> {
+    async fn setup_network(&self, rec: &VmRecord) -> Result<Option<NetSpec>, DaemonError> {
         let Some(root) = &self.network else {
             return Ok(None);
         };
@@ -731,11 +733,11 @@ impl Daemon {
         let mac = rec
             .mac
             .parse()
-            .map_err(|e: banger_vmm::VmmError| ApiErr::internal(e.to_string()))?;
+            .map_err(|e: banger_vmm::VmmError| DaemonError::internal(e.to_string()))?;
         Ok(Some(NetSpec { tap, mac }))
     }
 
-    async fn teardown_network(&self, rec: &VmRecord) -> Result<(), ApiErr> {
+    async fn teardown_network(&self, rec: &VmRecord) -> Result<(), DaemonError> {
         let Some(root) = &self.network else {
             return Ok(());
         };

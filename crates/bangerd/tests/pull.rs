@@ -190,7 +190,7 @@ fn pull_registers_image_and_kernel_and_streams_progress() {
     let mut events: Vec<PullProgress> = Vec::new();
     let (img, k) = d
         .pull_catalog_image(&req("test-image"), &mut |p| events.push(p))
-        .map_err(|f| f.err.0.message)
+        .map_err(|f| f.err.message)
         .expect("pull");
     assert_eq!(img.name, "test-image");
     assert_eq!(img.digest, format!("sha256:{}", b.rootfs_sha256));
@@ -231,9 +231,9 @@ fn pull_registers_image_and_kernel_and_streams_progress() {
         .pull_catalog_image(&req("test-image"), &mut |_| {})
         .expect_err("duplicate");
     assert!(
-        again.err.0.message.contains("already exists"),
+        again.err.message.contains("already exists"),
         "{}",
-        again.err.0.message
+        again.err.message
     );
 
     // over the API: NDJSON progress lines, then the image
@@ -308,9 +308,9 @@ fn a_tampered_byte_registers_nothing_and_leaves_nothing() {
         .expect_err("a tampered bundle must be refused");
     assert!(!f.unavailable, "tampering is a refusal, not 'unavailable'");
     assert!(
-        f.err.0.message.contains("corrupt or tampered"),
+        f.err.message.contains("corrupt or tampered"),
         "{}",
-        f.err.0.message
+        f.err.message
     );
     assert_nothing_left(&d);
 
@@ -321,7 +321,7 @@ fn a_tampered_byte_registers_nothing_and_leaves_nothing() {
     let f = d
         .pull_catalog_image(&req("test-image"), &mut |_| {})
         .expect_err("pin mismatch");
-    assert!(f.err.0.message.contains("pins"), "{}", f.err.0.message);
+    assert!(f.err.message.contains("pins"), "{}", f.err.message);
     assert_nothing_left(&d);
 }
 
@@ -342,7 +342,7 @@ fn missing_or_unreachable_bundles_are_unavailable_and_leave_nothing() {
     let f = d
         .pull_catalog_image(&req("test-image"), &mut |_| {})
         .expect_err("unreachable");
-    assert!(f.unavailable, "{}", f.err.0.message);
+    assert!(f.unavailable, "{}", f.err.message);
     assert_nothing_left(&d);
 
     let f = d
@@ -350,20 +350,16 @@ fn missing_or_unreachable_bundles_are_unavailable_and_leave_nothing() {
         .expect_err("not in catalog");
     assert!(f.unavailable);
     assert!(
-        f.err.0.message.contains("in the catalog"),
+        f.err.message.contains("in the catalog"),
         "{}",
-        f.err.0.message
+        f.err.message
     );
 
     let f = d
         .pull_catalog_image(&req("library/python:3.12"), &mut |_| {})
         .expect_err("OCI reference");
     assert!(!f.unavailable);
-    assert!(
-        f.err.0.message.contains("OCI reference"),
-        "{}",
-        f.err.0.message
-    );
+    assert!(f.err.message.contains("OCI reference"), "{}", f.err.message);
     assert_nothing_left(&d);
 }
 

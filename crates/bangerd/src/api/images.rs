@@ -84,9 +84,9 @@ async fn pull_image(
                 image: image_info(img),
             },
             Err(f) => {
-                tracing::warn!(image = %req.name, "pull failed: {}", f.err.0.message);
+                tracing::warn!(image = %req.name, "pull failed: {}", f.err.message);
                 PullEvent::Failed {
-                    error: f.err.0,
+                    error: f.err.into(),
                     unavailable: f.unavailable,
                 }
             }

@@ -1,5 +1,5 @@
 //! HTTP routes of the public API. Handlers are thin: they parse, call the
-//! daemon, and map typed errors to typed JSON answers.
+//! core (`banger-daemon`), and map its typed errors to typed JSON answers.
 
 mod images;
 mod oci;
@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use banger_proto::{API_VERSION, ApiError, ErrorKind, Names, VersionInfo};
 use banger_store::StoreError;
 
-use crate::Daemon;
+use crate::{Daemon, DaemonError};
 
 pub type AppState = Arc<Daemon>;
 
@@ -48,26 +48,23 @@ impl IntoResponse for ApiErr {
     }
 }
 
+/// The core's kind → the wire's kind; the status follows from the kind in
+/// [`IntoResponse`] above, the one place that maps errors to HTTP.
+impl From<DaemonError> for ApiErr {
+    fn from(e: DaemonError) -> Self {
+        ApiErr(e.into())
+    }
+}
+
 impl From<StoreError> for ApiErr {
     fn from(e: StoreError) -> Self {
-        let kind = match &e {
-            StoreError::VmNotFound(_)
-            | StoreError::ImageNotFound(_)
-            | StoreError::KernelNotFound(_) => ErrorKind::NotFound,
-            StoreError::VmExists(_)
-            | StoreError::ImageExists(_)
-            | StoreError::KernelExists(_)
-            | StoreError::InUse { .. }
-            | StoreError::SubnetFull(_) => ErrorKind::Conflict,
-            _ => ErrorKind::Internal,
-        };
-        ApiErr::new(kind, e.to_string())
+        DaemonError::from(e).into()
     }
 }
 
 impl From<banger_core::names::NameError> for ApiErr {
     fn from(e: banger_core::names::NameError) -> Self {
-        ApiErr::bad_request(e.to_string())
+        DaemonError::from(e).into()
     }
 }
 

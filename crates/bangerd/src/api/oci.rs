@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use super::{ApiJson, AppState};
-use crate::oci::{OciPullEvent, OciPullRequest};
+use banger_daemon::oci::{OciPullEvent, OciPullRequest};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/images/oci-pull", post(oci_pull))
@@ -28,8 +28,8 @@ async fn oci_pull(State(d): State<AppState>, ApiJson(req): ApiJson<OciPullReques
         let last = match d.pull_oci_image(&req, &mut progress) {
             Ok(done) => done,
             Err(e) => {
-                tracing::warn!(reference = %req.reference, "OCI pull failed: {}", e.0.message);
-                OciPullEvent::Failed { error: e.0 }
+                tracing::warn!(reference = %req.reference, "OCI pull failed: {}", e.message);
+                OciPullEvent::Failed { error: e.into() }
             }
         };
         let _ = tx.send(last);

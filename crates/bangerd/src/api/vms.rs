@@ -28,7 +28,7 @@ pub fn routes() -> Router<AppState> {
 
 pub fn vm_info(d: &Daemon, r: VmRecord) -> VmInfo {
     let running = r.state == banger_proto::VmState::Running;
-    let vsock = d.vm_dir(&r.name).join(crate::vms::VSOCK);
+    let vsock = d.vm_dir(&r.name).join(banger_daemon::vms::VSOCK);
     VmInfo {
         agent_ready: running && d.agent_ready(&r.name),
         vsock_path: (running && vsock.exists()).then(|| vsock.display().to_string()),
@@ -107,7 +107,7 @@ struct ReadyQuery {
 }
 
 fn default_ready_secs() -> u64 {
-    crate::vms::READY_TIMEOUT.as_secs()
+    banger_daemon::vms::READY_TIMEOUT.as_secs()
 }
 
 /// Blocks until the guest agent announced itself (or fails saying why).
@@ -135,7 +135,7 @@ async fn logs(
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiErr> {
     d.store.get_vm(&name)?;
-    let path = d.vm_dir(&name).join(crate::vms::CONSOLE_LOG);
+    let path = d.vm_dir(&name).join(banger_daemon::vms::CONSOLE_LOG);
     if !q.follow {
         let bytes = match tokio::fs::read(&path).await {
             Ok(b) => b,
@@ -183,7 +183,7 @@ async fn logs(
 async fn ssh_info(State(d): State<AppState>) -> ApiResult<SshInfo> {
     let kh = d.paths.known_hosts();
     if !kh.exists() {
-        crate::ensure_private_dir(&d.paths.ssh_dir()).map_err(ApiErr::internal)?;
+        banger_daemon::ensure_private_dir(&d.paths.ssh_dir()).map_err(ApiErr::internal)?;
         std::fs::write(&kh, b"").map_err(|e| ApiErr::internal(e.to_string()))?;
     }
     Ok(Json(SshInfo {

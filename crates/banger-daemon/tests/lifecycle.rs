@@ -7,8 +7,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use banger_core::{Config, Paths};
+use banger_daemon::{Daemon, Options};
 use banger_proto::{CreateVmRequest, VmState};
-use bangerd::{Daemon, Options};
 
 fn have(tool: &str) -> bool {
     Command::new(tool).arg("-V").output().is_ok()
@@ -99,7 +99,7 @@ async fn twenty_parallel_creates_and_deletes_never_collide() {
             d.create_vm(req)
                 .await
                 .map(|(rec, _)| rec)
-                .map_err(|e| e.0.message)
+                .map_err(|e| e.message)
         }));
     }
     let mut recs = Vec::new();
@@ -134,17 +134,13 @@ async fn twenty_parallel_creates_and_deletes_never_collide() {
         })
         .await
         .expect_err("duplicate");
-    assert!(
-        dup.0.message.contains("already exists"),
-        "{}",
-        dup.0.message
-    );
+    assert!(dup.message.contains("already exists"), "{}", dup.message);
 
     let mut tasks = Vec::new();
     for r in recs {
         let d = Arc::clone(&d);
         tasks.push(tokio::spawn(async move {
-            d.delete_vm(&r.name).await.map_err(|e| e.0.message)
+            d.delete_vm(&r.name).await.map_err(|e| e.message)
         }));
     }
     for t in tasks {
@@ -180,9 +176,9 @@ async fn create_failures_roll_back() {
         .await
         .expect_err("bad key");
     assert!(
-        e.0.message.contains("not a single OpenSSH public key line"),
+        e.message.contains("not a single OpenSSH public key line"),
         "{}",
-        e.0.message
+        e.message
     );
     assert!(d.store.list_vms().expect("list").is_empty(), "row removed");
     assert!(!d.vm_dir("bad").exists(), "files removed");
@@ -199,9 +195,9 @@ async fn create_failures_roll_back() {
         .await
         .expect_err("no image");
     assert!(
-        e.0.message.contains("banger image pull missing"),
+        e.message.contains("banger image pull missing"),
         "{}",
-        e.0.message
+        e.message
     );
     let e = d
         .create_vm(CreateVmRequest {
@@ -211,5 +207,5 @@ async fn create_failures_roll_back() {
         })
         .await
         .expect_err("bad name");
-    assert!(e.0.message.contains("invalid VM name"), "{}", e.0.message);
+    assert!(e.message.contains("invalid VM name"), "{}", e.message);
 }

@@ -1,0 +1,67 @@
+//! The owner daemon's process: the API socket, logging and the HTTP routes
+//! in front of the core (`banger-daemon`). Handlers parse, call one core
+//! method and map its result; the domain logic lives in the core.
+
+pub mod api;
+pub mod logging;
+pub mod socket;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use banger_core::{Config, Paths};
+pub use banger_daemon::{Daemon, DaemonError, Options};
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(paths: Paths, config_path: Option<PathBuf>, opts: Options) -> anyhow::Result<()> {
+    let config = match &config_path {
+        Some(p) => Config::load(p)?,
+        None => Config::load_default()?,
+    };
+    let socket_path = paths.socket.clone();
+    let daemon = Arc::new(Daemon::open(paths, config, &opts)?);
+    daemon.readopt().await?;
+    let listener = socket::bind(&socket_path)?;
+    // DNS may wait for the root helper (it creates the bridge the server
+    // listens on); clients must not wait for that.
+    let dns = {
+        let daemon = Arc::clone(&daemon);
+        let opts = opts.clone();
+        tokio::spawn(async move {
+            let _handle = banger_daemon::start_dns(&daemon, &opts).await;
+            std::future::pending::<()>().await;
+        })
+    };
+    tracing::info!(socket = %socket_path.display(), version = env!("CARGO_PKG_VERSION"), "bangerd listening");
+    // Not under systemd this is a no-op; under Type=notify it tells systemd
+    // the socket is ready for clients.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let app = api::router(daemon);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("API server failed")?;
+    dns.abort();
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!("bangerd stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the daemon still serves; it just cannot
+        // shut down gracefully.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
