@@ -75,7 +75,8 @@ impl From<StoreError> for DaemonError {
             | StoreError::ImageExists(_)
             | StoreError::KernelExists(_)
             | StoreError::InUse { .. }
-            | StoreError::SubnetFull(_) => ErrorKind::Conflict,
+            | StoreError::SubnetFull(_)
+            | StoreError::StateChanged { .. } => ErrorKind::Conflict,
             _ => ErrorKind::Internal,
         };
         DaemonError::new(kind, e.to_string()).with_source(e)

@@ -18,16 +18,15 @@ pub struct HostKey {
     pub public: String,
 }
 
-/// A fresh ed25519 host key for one VM (`ssh-keygen`, argv only).
-pub fn generate_host_key(dir: &Path, vm: &str) -> anyhow::Result<HostKey> {
-    let path = dir.join(crate::vms::HOST_KEY);
-    let _ = std::fs::remove_file(&path);
+/// A fresh ed25519 host key for one VM at `path` (`ssh-keygen`, argv only).
+pub fn generate_host_key(path: &Path, vm: &str) -> anyhow::Result<HostKey> {
+    let _ = std::fs::remove_file(path);
     let _ = std::fs::remove_file(path.with_extension("pub"));
     let out = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C"])
         .arg(format!("{vm}.vm"))
         .arg("-f")
-        .arg(&path)
+        .arg(path)
         .output()
         .context("cannot run ssh-keygen (install openssh-client)")?;
     if !out.status.success() {
@@ -36,7 +35,7 @@ pub fn generate_host_key(dir: &Path, vm: &str) -> anyhow::Result<HostKey> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let private = std::fs::read(&path)?;
+    let private = std::fs::read(path)?;
     let public = std::fs::read_to_string(path.with_extension("pub"))?;
     Ok(HostKey {
         private,

@@ -8,9 +8,11 @@ pub mod file_sync;
 pub mod guest;
 pub mod images;
 pub mod oci;
+pub mod vm_dir;
 pub mod vms;
 
 pub use error::{DaemonError, DaemonResult};
+pub use vm_dir::VmDir;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -122,12 +124,7 @@ impl Daemon {
         for vm in self.store.list_vms()? {
             if vm.state == banger_proto::VmState::Creating {
                 tracing::warn!(vm = %vm.name, "removing VM whose creation was interrupted");
-                let dir = self.paths.vm_dir(&vm.name);
-                if dir.exists() {
-                    std::fs::remove_dir_all(&dir)
-                        .with_context(|| format!("cannot remove {}", dir.display()))?;
-                }
-                self.store.delete_vm(&vm.name)?;
+                self.abandon(&vm);
             }
         }
         let tmp = self.paths.tmp_dir();

@@ -51,6 +51,15 @@ pub enum StoreError {
         name: String,
         users: String,
     },
+    /// A compare-and-set lost its race: another request changed the VM first.
+    #[error(
+        "VM {name:?} changed state while this request ran (it is {found} now, not {expected}); try again"
+    )]
+    StateChanged {
+        name: String,
+        expected: VmState,
+        found: VmState,
+    },
     #[error("no free address left in {0}; delete a VM or configure a larger [network] subnet")]
     SubnetFull(String),
     #[error("state database error: {0}")]
@@ -86,6 +95,31 @@ pub struct VmRecord {
     pub extra: String,
 }
 
+impl VmRecord {
+    /// A row about to be inserted: state `creating`, no address or process
+    /// yet, empty extra; the caller fills in the rest.
+    pub fn creating(name: &str, image: &str, kernel: &str, mac: &str) -> VmRecord {
+        VmRecord {
+            name: name.into(),
+            state: VmState::Creating,
+            image: image.into(),
+            kernel: kernel.into(),
+            vcpu: 1,
+            memory_mib: 128,
+            disk_bytes: 0,
+            mac: mac.into(),
+            ip: None,
+            vmm: "none".into(),
+            pid: None,
+            pid_start: None,
+            reason: None,
+            no_egress: false,
+            created_at: 0,
+            extra: "{}".into(),
+        }
+    }
+}
+
 /// An image row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRecord {
@@ -118,6 +152,24 @@ fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// Why a compare-and-set on `name` wrote nothing: the VM is gone, or its
+/// state is no longer `expected`.
+fn state_changed(conn: &Connection, name: &str, expected: VmState) -> Result<StoreError> {
+    let found: Option<String> = conn
+        .query_row("SELECT state FROM vms WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(match found {
+        None => StoreError::VmNotFound(name.to_string()),
+        Some(f) => StoreError::StateChanged {
+            name: name.to_string(),
+            expected,
+            found: VmState::parse(&f).unwrap_or(VmState::Error),
+        },
+    })
 }
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
@@ -280,38 +332,27 @@ impl Store {
         Ok(rows)
     }
 
-    /// Sets the state and its reason (cleared when `reason` is None).
-    pub fn set_vm_state(&self, name: &str, state: VmState, reason: Option<&str>) -> Result<()> {
-        let n = self.conn().execute(
-            "UPDATE vms SET state = ?2, reason = ?3 WHERE name = ?1",
-            params![name, state.as_str(), reason],
-        )?;
-        if n == 0 {
-            return Err(StoreError::VmNotFound(name.to_string()));
-        }
-        Ok(())
-    }
-
-    /// Moves `name` from `from` to `to` only if it is still in `from`;
-    /// returns false when another request changed it first.
-    pub fn transition_vm(&self, name: &str, from: &[VmState], to: VmState) -> Result<bool> {
+    /// Moves `name` from state `from` to `to`, recording `reason` (cleared
+    /// when None), only if it is still in `from`: compare-and-set. When
+    /// another request changed the state first, nothing is written and the
+    /// answer is [`StoreError::StateChanged`] with the state found. This is
+    /// the only way a VM's state is written after its insert.
+    pub fn transition_vm(
+        &self,
+        name: &str,
+        from: VmState,
+        to: VmState,
+        reason: Option<&str>,
+    ) -> Result<()> {
         let conn = self.conn();
-        let current: Option<String> = conn
-            .query_row("SELECT state FROM vms WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let Some(current) = current else {
-            return Err(StoreError::VmNotFound(name.to_string()));
-        };
-        if !from.iter().any(|s| s.as_str() == current) {
-            return Ok(false);
-        }
         let n = conn.execute(
-            "UPDATE vms SET state = ?3, reason = NULL WHERE name = ?1 AND state = ?2",
-            params![name, current, to.as_str()],
+            "UPDATE vms SET state = ?3, reason = ?4 WHERE name = ?1 AND state = ?2",
+            params![name, from.as_str(), to.as_str(), reason],
         )?;
-        Ok(n == 1)
+        if n == 1 {
+            return Ok(());
+        }
+        Err(state_changed(&conn, name, from)?)
     }
 
     /// Records (or clears) the VMM process identity.
@@ -337,15 +378,19 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes the VM row; its lease goes with it (foreign key cascade).
-    pub fn delete_vm(&self, name: &str) -> Result<()> {
-        let n = self
-            .conn()
-            .execute("DELETE FROM vms WHERE name = ?1", [name])?;
-        if n == 0 {
-            return Err(StoreError::VmNotFound(name.to_string()));
+    /// Deletes the VM row if it is still in state `from` (compare-and-set,
+    /// like [`Store::transition_vm`]); its lease goes with it (foreign key
+    /// cascade).
+    pub fn delete_vm(&self, name: &str, from: VmState) -> Result<()> {
+        let conn = self.conn();
+        let n = conn.execute(
+            "DELETE FROM vms WHERE name = ?1 AND state = ?2",
+            params![name, from.as_str()],
+        )?;
+        if n == 1 {
+            return Ok(());
         }
-        Ok(())
+        Err(state_changed(&conn, name, from)?)
     }
 
     pub fn leased_ips(&self) -> Result<Vec<(String, String)>> {

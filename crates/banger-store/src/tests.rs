@@ -5,22 +5,11 @@ use super::*;
 
 fn vm(name: &str, mac: &str) -> VmRecord {
     VmRecord {
-        name: name.into(),
-        state: VmState::Creating,
-        image: "img".into(),
-        kernel: "k".into(),
         vcpu: 2,
         memory_mib: 1024,
         disk_bytes: 8 << 30,
-        mac: mac.into(),
-        ip: None,
         vmm: "qemu".into(),
-        pid: None,
-        pid_start: None,
-        reason: None,
-        no_egress: false,
-        created_at: 0,
-        extra: "{}".into(),
+        ..VmRecord::creating(name, "img", "k", mac)
     }
 }
 
@@ -55,7 +44,7 @@ fn vm_round_trip_and_lease() {
     assert_eq!(s.list_vms().expect("list").len(), 2);
 
     // delete frees the lease, and the address is reused
-    s.delete_vm("a").expect("delete");
+    s.delete_vm("a", VmState::Creating).expect("delete");
     assert_eq!(s.leased_ips().expect("leases").len(), 1);
     let r3 = s
         .insert_vm(
@@ -66,7 +55,10 @@ fn vm_round_trip_and_lease() {
         .expect("insert");
     assert_eq!(r3.ip.as_deref(), Some("10.0.0.2"));
     assert!(matches!(s.get_vm("a"), Err(StoreError::VmNotFound(_))));
-    assert!(matches!(s.delete_vm("a"), Err(StoreError::VmNotFound(_))));
+    assert!(matches!(
+        s.delete_vm("a", VmState::Creating),
+        Err(StoreError::VmNotFound(_))
+    ));
 }
 
 #[test]
@@ -102,21 +94,39 @@ fn full_subnet_rolls_back_the_vm() {
 fn transitions_are_compare_and_set() {
     let s = Store::open_in_memory().expect("open");
     s.insert_vm(&vm("a", "m1"), None, "n").expect("insert");
+    s.transition_vm("a", VmState::Creating, VmState::Stopped, None)
+        .expect("creating -> stopped");
+    // A second writer that read `creating` too loses, and writes nothing.
+    let lost = s
+        .transition_vm("a", VmState::Creating, VmState::Error, Some("late"))
+        .expect_err("lost race");
     assert!(
-        s.transition_vm("a", &[VmState::Creating], VmState::Stopped)
-            .expect("t")
+        matches!(
+            lost,
+            StoreError::StateChanged {
+                expected: VmState::Creating,
+                found: VmState::Stopped,
+                ..
+            }
+        ),
+        "{lost}"
     );
-    assert!(
-        !s.transition_vm("a", &[VmState::Running], VmState::Stopping)
-            .expect("t")
-    );
-    assert_eq!(s.get_vm("a").expect("get").state, VmState::Stopped);
-    s.set_vm_state("a", VmState::Error, Some("boom"))
-        .expect("set");
+    let r = s.get_vm("a").expect("get");
+    assert_eq!((r.state, r.reason), (VmState::Stopped, None));
+    s.transition_vm("a", VmState::Stopped, VmState::Error, Some("boom"))
+        .expect("stopped -> error");
     assert_eq!(s.get_vm("a").expect("get").reason.as_deref(), Some("boom"));
     s.set_vm_process("a", Some(42), Some(1234)).expect("proc");
     let r = s.get_vm("a").expect("get");
     assert_eq!((r.pid, r.pid_start), (Some(42), Some(1234)));
+    // Deletes are compare-and-set too.
+    let e = s.delete_vm("a", VmState::Stopped).expect_err("not stopped");
+    assert!(matches!(e, StoreError::StateChanged { .. }), "{e}");
+    assert!(matches!(
+        s.transition_vm("b", VmState::Stopped, VmState::Error, None),
+        Err(StoreError::VmNotFound(_))
+    ));
+    s.delete_vm("a", VmState::Error).expect("delete");
 }
 
 #[test]
@@ -167,7 +177,7 @@ fn images_and_kernels_refuse_delete_while_in_use() {
         "kernel \"k\" is in use by image img, VM a; delete those first"
     );
 
-    s.delete_vm("a").expect("vm delete");
+    s.delete_vm("a", VmState::Creating).expect("vm delete");
     s.delete_image("img").expect("image delete");
     s.delete_kernel("k").expect("kernel delete");
     assert!(s.list_images().expect("list").is_empty());

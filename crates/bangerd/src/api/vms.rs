@@ -28,7 +28,7 @@ pub fn routes() -> Router<AppState> {
 
 pub fn vm_info(d: &Daemon, r: VmRecord) -> VmInfo {
     let running = r.state == banger_proto::VmState::Running;
-    let vsock = d.vm_dir(&r.name).join(banger_daemon::vms::VSOCK);
+    let vsock = d.vm_dir(&r.name).vsock();
     VmInfo {
         agent_ready: running && d.agent_ready(&r.name),
         vsock_path: (running && vsock.exists()).then(|| vsock.display().to_string()),
@@ -135,7 +135,7 @@ async fn logs(
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiErr> {
     d.store.get_vm(&name)?;
-    let path = d.vm_dir(&name).join(banger_daemon::vms::CONSOLE_LOG);
+    let path = d.vm_dir(&name).console_log();
     if !q.follow {
         let bytes = match tokio::fs::read(&path).await {
             Ok(b) => b,

@@ -1,0 +1,221 @@
+//! Creating and deleting VMs: the row and its address lease, the VM's own
+//! disks, its ssh host key (pinned in known_hosts), and undoing all of it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use banger_proto::{Provenance, Sourced, VmSpec, VmState};
+use banger_store::VmRecord;
+
+use super::state::{Move, Op, next};
+use super::{VmExtra, blocking};
+use crate::{Daemon, DaemonError};
+
+impl Daemon {
+    /// The sizing a create request gets: request, else config/heuristics.
+    pub fn resolve_spec(&self, req: &banger_proto::CreateVmRequest) -> VmSpec {
+        let mut spec = self
+            .config
+            .vm_defaults(banger_core::config::HostFacts::probe());
+        if let Some(v) = req.vcpu {
+            spec.vcpu = Sourced::new(v, Provenance::Flag);
+        }
+        if let Some(m) = req.memory_mib {
+            spec.memory_mib = Sourced::new(m, Provenance::Flag);
+        }
+        if let Some(d) = req.disk_bytes {
+            spec.disk_bytes = Sourced::new(d, Provenance::Flag);
+        }
+        spec
+    }
+
+    /// Creates a VM: registers it (state `creating`), leases an address,
+    /// clones and personalises its disks, pins its host key, then marks it
+    /// `stopped`. Any failure removes everything it made.
+    pub async fn create_vm(
+        self: &Arc<Self>,
+        req: banger_proto::CreateVmRequest,
+    ) -> Result<(VmRecord, VmSpec), DaemonError> {
+        let image_name = req
+            .image
+            .clone()
+            .unwrap_or_else(|| self.config.image_name().value);
+        let image = self.store.get_image(&image_name).map_err(|_| {
+            DaemonError::not_found(format!(
+                "no image named {image_name:?}; run `banger image pull {image_name}` or `banger image build {image_name}`"
+            ))
+        })?;
+        let spec = self.resolve_spec(&req);
+        if spec.vcpu.value == 0 || spec.vcpu.value > 32 {
+            return Err(DaemonError::bad_request("vcpu must be between 1 and 32"));
+        }
+        if spec.memory_mib.value < 128 {
+            return Err(DaemonError::bad_request("memory must be at least 128 MiB"));
+        }
+        if spec.disk_bytes.value < (256 << 20) {
+            return Err(DaemonError::bad_request("disk must be at least 256M"));
+        }
+        let subnet = self.config.vm_subnet().value;
+        let pick = move |used: &[String]| {
+            let used = used.iter().filter_map(|s| s.parse().ok()).collect();
+            banger_net::allocate_ip(&subnet, &used)
+                .ok()
+                .map(|ip| ip.to_string())
+        };
+        let extra = VmExtra {
+            spec: Some(spec.clone()),
+            ..Default::default()
+        };
+        // A random name can collide; a chosen one is the user's to change.
+        let mut attempts = 0;
+        let rec = loop {
+            let name = match &req.name {
+                Some(n) => n.clone(),
+                None => banger_core::names::random_vm_name(),
+            };
+            banger_core::names::validate_vm_name(&name)?;
+            let rec = VmRecord {
+                name: name.clone(),
+                state: VmState::Creating,
+                image: image.name.clone(),
+                kernel: image.kernel.clone(),
+                vcpu: spec.vcpu.value,
+                memory_mib: spec.memory_mib.value,
+                disk_bytes: spec.disk_bytes.value,
+                mac: banger_vmm::MacAddr::derive(&format!("banger-vm:{name}")).to_string(),
+                ip: None,
+                vmm: self
+                    .selection_kind()
+                    .map(|k| k.to_string())
+                    .unwrap_or_else(|| "none".into()),
+                pid: None,
+                pid_start: None,
+                reason: None,
+                no_egress: req.no_egress || self.config.egress_blocked().value,
+                created_at: 0,
+                extra: serde_json::to_string(&extra).unwrap_or_else(|_| "{}".into()),
+            };
+            match self.store.insert_vm(&rec, Some(&pick), &subnet.to_string()) {
+                Ok(r) => break r,
+                Err(banger_store::StoreError::VmExists(_))
+                    if req.name.is_none() && attempts < 5 =>
+                {
+                    attempts += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let name = rec.name.clone();
+        let d = Arc::clone(self);
+        let image_dir = PathBuf::from(&image.dir);
+        let key = req.ssh_public_key.clone();
+        let r = blocking({
+            let rec = rec.clone();
+            move || d.provision(&rec, &image_dir, key.as_deref())
+        })
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(vm = %name, "create failed, cleaning up: {}", e.message);
+            self.abandon(&rec);
+            return Err(e);
+        }
+        self.apply(&rec, Op::Provisioned, None)?;
+        tracing::info!(vm = %name, ip = ?rec.ip, "created");
+        Ok((self.store.get_vm(&name)?, spec))
+    }
+
+    /// Undoes a create that did not finish (it failed, or the daemon died
+    /// during it): files, pinned host key, row and lease.
+    pub(crate) fn abandon(&self, rec: &VmRecord) {
+        let name = &rec.name;
+        if let Err(e) = self.vm_dir(name).remove() {
+            tracing::warn!(vm = %name, "cannot remove the VM's files: {e}");
+        }
+        if let Err(e) = crate::guest::unpin_host_key(&self.paths.known_hosts(), name) {
+            tracing::warn!(vm = %name, "cannot unpin its host key: {e:#}");
+        }
+        if let Err(e) = self.apply(rec, Op::Abandon, None) {
+            tracing::warn!(vm = %name, "cannot remove its row: {}", e.message);
+        }
+    }
+
+    /// Disk work of a create (blocking).
+    fn provision(
+        &self,
+        rec: &VmRecord,
+        image_dir: &Path,
+        ssh_key: Option<&str>,
+    ) -> Result<(), DaemonError> {
+        let dir = self.vm_dir(&rec.name);
+        dir.create().map_err(DaemonError::internal)?;
+        let rootfs = image_dir.join(banger_image::store::ROOTFS);
+        let root = dir.root_disk();
+        let method = banger_vmm::clone_disk(&rootfs, &root).map_err(DaemonError::internal)?;
+        tracing::debug!(vm = %rec.name, ?method, "root disk cloned");
+        let host_key = crate::guest::generate_host_key(&dir.host_key(), &rec.name)
+            .map_err(DaemonError::internal)?;
+        crate::guest::personalise_root(&root, &rec.name, &host_key)
+            .map_err(DaemonError::internal)?;
+        let home = banger_core::host::home_dir();
+        let plan = match home {
+            Some(h) if !self.config.file_sync.is_empty() => {
+                crate::file_sync::plan(&self.config.file_sync, &h)
+                    .map_err(|e| DaemonError::bad_request(e.to_string()))?
+            }
+            _ => crate::file_sync::SyncPlan::default(),
+        };
+        for w in &plan.warnings {
+            tracing::warn!(vm = %rec.name, "{w}");
+        }
+        crate::guest::make_work_disk(
+            &dir.work_disk(),
+            rec.disk_bytes,
+            &root,
+            ssh_key,
+            &plan,
+            &self.paths.tmp_dir(),
+        )
+        .map_err(DaemonError::internal)?;
+        crate::guest::pin_host_key(
+            &self.paths.known_hosts(),
+            &rec.name,
+            rec.ip.as_deref(),
+            &host_key.public,
+        )
+        .map_err(DaemonError::internal)?;
+        Ok(())
+    }
+
+    /// Deletes a VM and everything it owns; a running VM is stopped first
+    /// (without a clean guest shutdown: its disks are about to go).
+    pub async fn delete_vm(self: &Arc<Self>, name: &str) -> Result<VmRecord, DaemonError> {
+        let slot = self.slots.get(name);
+        let _op = slot.op.lock().await;
+        let mut rec = self.store.get_vm(name)?;
+        if rec.state == VmState::Running {
+            rec = self.stop_locked(name, &slot, true).await?;
+        }
+        // Refuse before touching files; the row goes last, compare-and-set.
+        if next(rec.state, Op::Delete) != Move::Remove {
+            return Err(self.apply(&rec, Op::Delete, None).err().unwrap_or_else(|| {
+                DaemonError::conflict(format!("VM {name} cannot be deleted now"))
+            }));
+        }
+        let dir = self.vm_dir(name);
+        let d = Arc::clone(self);
+        let n = name.to_string();
+        blocking(move || {
+            dir.remove().map_err(|e| {
+                DaemonError::internal(format!("cannot remove {}: {e}", dir.display()))
+            })?;
+            crate::guest::unpin_host_key(&d.paths.known_hosts(), &n)
+                .map_err(DaemonError::internal)?;
+            Ok(())
+        })
+        .await?;
+        self.apply(&rec, Op::Delete, None)?;
+        self.slots.remove(name);
+        tracing::info!(vm = %name, "deleted");
+        Ok(rec)
+    }
+}

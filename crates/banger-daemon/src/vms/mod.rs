@@ -1,0 +1,115 @@
+//! The VM lifecycle: create, start, stop, restart, delete, and re-adoption of
+//! live VMMs after a daemon restart.
+//!
+//! States persist in SQLite and move only as the table in [`state`] says,
+//! each write a compare-and-set, so two requests racing on one VM cannot
+//! both act on it. Each VM also has an in-memory slot (its live VMM process,
+//! the agent's readiness) that only this daemon process knows about; after a
+//! restart it is rebuilt from the VM directory's VMM handle.
+//!
+//! - [`create`]: create (disks, host key, lease) and delete;
+//! - [`start`]: start, boot arguments, guest readiness;
+//! - [`stop`]: stop (agent, then VMM, then force) and restart;
+//! - [`watch`]: the watcher of a running VMM, and re-adoption;
+//! - [`network`]: the VM's host networking through the root helper.
+
+pub mod create;
+pub mod network;
+pub mod start;
+pub mod state;
+pub mod stop;
+pub mod watch;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use banger_proto::VmSpec;
+use banger_store::VmRecord;
+use banger_vmm::RunningVmm;
+use tokio::sync::Mutex;
+
+use crate::{Daemon, DaemonError, VmDir};
+
+/// How long a graceful stop may take before the VMM is forced.
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(20);
+/// How long the guest agent may take to announce itself after the VMM starts.
+/// TCG boots are ~10-20 s on these machines; leave generous room for load.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(180);
+pub(crate) const GUEST_CID: u32 = 3;
+
+/// What this daemon process knows about a VM beyond the database.
+#[derive(Default)]
+pub struct Slot {
+    /// Serialises lifecycle operations on one VM.
+    pub op: Mutex<()>,
+    pub vmm: Mutex<Option<RunningVmm>>,
+    pub ready: tokio::sync::watch::Sender<ReadyState>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ReadyState {
+    #[default]
+    Waiting,
+    Ready,
+    Failed(String),
+}
+
+#[derive(Default)]
+pub struct Slots {
+    map: std::sync::Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+impl Slots {
+    pub fn get(&self, name: &str) -> Arc<Slot> {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(name.to_string()).or_default().clone()
+    }
+    pub fn peek(&self, name: &str) -> Option<Arc<Slot>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+    pub fn remove(&self, name: &str) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+}
+
+/// Extra per-VM facts kept in the `extra` JSON column.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct VmExtra {
+    pub spec: Option<VmSpec>,
+    pub tap: Option<String>,
+    /// The VMM kind chosen when the VM was last started.
+    pub vmm_kind: Option<banger_vmm::VmmKind>,
+}
+
+pub fn extra_of(rec: &VmRecord) -> VmExtra {
+    serde_json::from_str(&rec.extra).unwrap_or_default()
+}
+
+pub(crate) fn ipv4(rec: &VmRecord) -> Option<Ipv4Addr> {
+    rec.ip.as_deref().and_then(|s| s.parse().ok())
+}
+
+/// Runs blocking disk work off the async runtime.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DaemonError> + Send + 'static,
+) -> Result<T, DaemonError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DaemonError::internal(format!("worker failed: {e}")))?
+}
+
+impl Daemon {
+    /// The directory of VM `name`.
+    pub fn vm_dir(&self, name: &str) -> VmDir {
+        VmDir::new(self.paths.vm_dir(name))
+    }
+}

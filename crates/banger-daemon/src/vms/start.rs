@@ -1,0 +1,277 @@
+//! Starting VMs: the VMM spec (kernel, boot arguments, disks, NIC,
+//! vsock), the boot itself with rollback when it fails, and the guest's
+//! readiness (the agent announcing itself, then systemd finishing the boot).
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use banger_proto::VmState;
+use banger_store::VmRecord;
+use banger_vmm::{Driver, KernelFiles, Vmm, VmmSpec, VsockSpec};
+
+use super::state::{Applied, Op};
+use super::{GUEST_CID, READY_TIMEOUT, ReadyState, Slot, extra_of, ipv4};
+use crate::{Daemon, DaemonError};
+
+impl Daemon {
+    pub(crate) fn selection_kind(&self) -> Option<banger_vmm::VmmKind> {
+        self.selection.as_ref().ok().map(|s| s.kind)
+    }
+
+    pub(crate) fn driver_for(
+        &self,
+        kind: Option<banger_vmm::VmmKind>,
+    ) -> Result<Driver, DaemonError> {
+        let sel = self.selection.as_ref().map_err(|e| {
+            DaemonError::conflict(format!(
+                "no usable VMM on this host: {e}; see `banger doctor`"
+            ))
+        })?;
+        Driver::for_kind(kind.unwrap_or(sel.kind), sel)
+            .map_err(|e| DaemonError::conflict(e.to_string()))
+    }
+
+    /// Boot arguments: root on vda, the address from our lease, quiet boots.
+    fn boot_args(&self, rec: &VmRecord, kernel_args: &str) -> String {
+        let mut args = String::new();
+        let base = if kernel_args.trim().is_empty() {
+            "console=ttyS0 reboot=k panic=1"
+        } else {
+            kernel_args.trim()
+        };
+        args.push_str(base);
+        for extra in ["root=/dev/vda", "rw", "quiet", "loglevel=3"] {
+            let key = extra.split('=').next().unwrap_or(extra);
+            let present = base
+                .split_whitespace()
+                .any(|w| w == extra || w.split('=').next() == Some(key));
+            if !present {
+                args.push(' ');
+                args.push_str(extra);
+            }
+        }
+        if let Some(ip) = ipv4(rec)
+            && self.network.is_some()
+        {
+            let subnet = self.config.vm_subnet().value;
+            let mask = Ipv4Addr::from(subnet.mask());
+            let dns = crate::guest::host_nameserver()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            args.push_str(&format!(
+                " ip={ip}::{}:{mask}:{}:eth0:off:{dns}",
+                subnet.gateway(),
+                rec.name
+            ));
+        }
+        args
+    }
+
+    /// Starts a stopped (or failed) VM. When the boot fails, whatever it
+    /// started is stopped again and the VM is left in `error` with why.
+    pub async fn start_vm(self: &Arc<Self>, name: &str) -> Result<VmRecord, DaemonError> {
+        let slot = self.slots.get(name);
+        let _op = slot.op.lock().await;
+        let rec = self.store.get_vm(name)?;
+        if self.apply(&rec, Op::Start, None)? == Applied::AlreadyDone {
+            return Ok(rec);
+        }
+        let rec = self.store.get_vm(name)?;
+        match self.boot(&rec, &slot).await {
+            Ok(()) => Ok(self.store.get_vm(name)?),
+            Err(e) => {
+                self.undo_boot(&rec, &slot).await;
+                if let Err(w) = self.apply_now(name, Op::BootFailed, Some(&e.message)) {
+                    tracing::warn!(vm = %name, "cannot record the failed start: {}", w.message);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Rollback of a failed boot: no VMM, no handle, no network, no name.
+    async fn undo_boot(&self, rec: &VmRecord, slot: &Arc<Slot>) {
+        let name = &rec.name;
+        if let Some(mut vm) = slot.vmm.lock().await.take() {
+            let kind = vm.handle().kind;
+            if let Ok(driver) = self.driver_for(Some(kind))
+                && let Err(e) = driver.stop(&mut vm, Duration::ZERO).await
+            {
+                tracing::warn!(vm = %name, "cannot stop the VMM of a failed start: {e}");
+            }
+        }
+        self.vm_dir(name).remove_handle();
+        let _ = self.store.set_vm_process(name, None, None);
+        if let Err(e) = self.teardown_network(rec).await {
+            tracing::warn!(vm = %name, "{}", e.message);
+        }
+        self.dns_names.remove(name);
+        slot.ready
+            .send_replace(ReadyState::Failed("the VM failed to start".into()));
+    }
+
+    async fn boot(self: &Arc<Self>, rec: &VmRecord, slot: &Arc<Slot>) -> Result<(), DaemonError> {
+        let name = rec.name.clone();
+        let dir = self.vm_dir(&name);
+        let image = self.store.get_image(&rec.image)?;
+        let kernel = self.store.get_kernel(&rec.kernel)?;
+        let krec = banger_image::kernel::KernelRecord::load(Path::new(&kernel.dir))
+            .map_err(DaemonError::internal)?;
+        let image_manifest = banger_image::store::ImageRecord::load(Path::new(&image.dir)).ok();
+        let kernel_args = image_manifest
+            .as_ref()
+            .map(|m| m.manifest.boot_args.clone())
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| krec.boot_args.clone());
+        let mut extra = extra_of(rec);
+        let driver = self.driver_for(None)?;
+        let net = self.setup_network(rec).await?;
+        extra.tap = net.as_ref().map(|n| n.tap.clone());
+        extra.vmm_kind = Some(driver.kind());
+        self.store.set_vm_extra(
+            &name,
+            &serde_json::to_string(&extra).unwrap_or_else(|_| "{}".into()),
+        )?;
+        let vsock_path = dir.vsock();
+        let spec = VmmSpec {
+            name: name.clone(),
+            vm_dir: dir.path().to_path_buf(),
+            vcpus: u8::try_from(rec.vcpu).unwrap_or(32),
+            memory_mib: u32::try_from(rec.memory_mib).unwrap_or(u32::MAX),
+            kernel: KernelFiles {
+                vmlinux: krec.vmlinux.clone(),
+                vmlinuz: Some(krec.vmlinuz.clone()),
+                initrd: krec.initrd.clone(),
+            },
+            boot_args: self.boot_args(rec, &kernel_args),
+            root_disk: dir.root_disk(),
+            work_disk: Some(dir.work_disk()),
+            net,
+            vsock: self.agent_enabled(&driver).then(|| VsockSpec {
+                guest_cid: GUEST_CID,
+                uds_path: vsock_path.clone(),
+            }),
+            console_log: dir.console_log(),
+        };
+        let listener = match &spec.vsock {
+            Some(v) => Some(
+                banger_agent::client::ReadinessListener::bind(
+                    &v.uds_path,
+                    banger_proto::agent::READY_PORT,
+                )
+                .map_err(DaemonError::internal)?,
+            ),
+            None => None,
+        };
+        slot.ready.send_replace(ReadyState::Waiting);
+        let running = driver
+            .start(&spec)
+            .await
+            .map_err(|e| DaemonError::internal(format!("starting VM {name}: {e}")))?;
+        let handle = running.handle().clone();
+        // In the slot at once: a failure from here on stops it (undo_boot).
+        *slot.vmm.lock().await = Some(running);
+        dir.write_handle(&handle).map_err(DaemonError::internal)?;
+        self.store.set_vm_process(
+            &name,
+            Some(handle.process.pid),
+            Some(handle.process.start_time),
+        )?;
+        self.apply(rec, Op::Booted, None)?;
+        if let Some(ip) = ipv4(rec) {
+            let _ = self.dns_names.set(&name, ip);
+        }
+        tracing::info!(vm = %name, pid = handle.process.pid, vmm = %driver.kind(), "started");
+        match listener {
+            Some(l) => {
+                let slot = Arc::clone(slot);
+                let vm = name.clone();
+                let uds = vsock_path.clone();
+                tokio::spawn(async move {
+                    let state = match l.wait(READY_TIMEOUT, &vm).await {
+                        Ok(h) => {
+                            tracing::info!(vm = %vm, agent = %h.agent_version, "guest agent up");
+                            // The agent starts early in boot; "ready" means the
+                            // boot finished (network configured, sshd up), so
+                            // ssh and commands that need the network work at once.
+                            wait_boot_finished(&uds, &vm).await;
+                            tracing::info!(vm = %vm, "guest ready");
+                            ReadyState::Ready
+                        }
+                        Err(e) => ReadyState::Failed(e.to_string()),
+                    };
+                    slot.ready.send_replace(state);
+                });
+            }
+            None => {
+                slot.ready.send_replace(ReadyState::Failed(
+                    "this VM has no guest agent channel (vsock unavailable on this host; see `banger doctor`)".into(),
+                ));
+            }
+        }
+        self.watch(name, Arc::clone(slot));
+        Ok(())
+    }
+
+    /// Whether VMs get a vsock device (and so the guest agent channel).
+    fn agent_enabled(&self, driver: &Driver) -> bool {
+        match driver {
+            Driver::Firecracker(_) => true,
+            Driver::Qemu(q) => q.vhost_vsock_bin.is_some(),
+        }
+    }
+
+    /// Waits until the guest agent is ready, or fails with why.
+    pub async fn wait_ready(&self, name: &str, timeout: Duration) -> Result<(), DaemonError> {
+        let rec = self.store.get_vm(name)?;
+        if rec.state != VmState::Running {
+            return Err(DaemonError::conflict(format!(
+                "VM {name} is {}, not running",
+                rec.state
+            )));
+        }
+        let mut rx = self.slots.get(name).ready.subscribe();
+        let r = tokio::time::timeout(timeout, rx.wait_for(|s| *s != ReadyState::Waiting)).await;
+        match r {
+            Err(_) => Err(DaemonError::conflict(format!(
+                "VM {name}: the guest did not become ready within {}s; look at `banger vm logs {name}`",
+                timeout.as_secs()
+            ))),
+            Ok(Err(_)) => Err(DaemonError::internal("readiness channel closed")),
+            Ok(Ok(s)) => match &*s {
+                ReadyState::Ready => Ok(()),
+                ReadyState::Failed(why) => Err(DaemonError::conflict(why.clone())),
+                ReadyState::Waiting => Err(DaemonError::internal("readiness still pending")),
+            },
+        }
+    }
+
+    pub fn agent_ready(&self, name: &str) -> bool {
+        self.slots
+            .peek(name)
+            .is_some_and(|s| *s.ready.borrow() == ReadyState::Ready)
+    }
+}
+
+/// Guests without systemd (an OCI image's own init) count as finished.
+async fn wait_boot_finished(uds: &Path, vm: &str) {
+    let client = banger_agent::client::AgentClient::hybrid(uds)
+        .with_connect_timeout(Duration::from_secs(10));
+    let req = banger_proto::agent::ExecRequest::new(["systemctl", "is-system-running", "--wait"]);
+    match tokio::time::timeout(READY_TIMEOUT, client.exec_capture(&req, b"")).await {
+        // No systemctl (banger-init runs OCI images): booted once the agent is up.
+        Ok(Ok(out)) if out.status == banger_proto::agent::ExitStatus::Exited { code: 127 } => {
+            tracing::debug!(vm, "no systemd in the guest: its boot is finished");
+        }
+        Ok(Ok(out)) => {
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if state != "running" && !state.is_empty() {
+                tracing::warn!(vm, state, "guest finished booting with failed units");
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(vm, "cannot ask the guest whether it finished booting: {e}"),
+        Err(_) => tracing::warn!(vm, "the guest did not finish booting in time"),
+    }
+}

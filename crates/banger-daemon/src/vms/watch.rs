@@ -1,0 +1,113 @@
+//! Noticing what happens to VMMs without being asked: the watcher of a
+//! running VMM (it exited on its own: record why, clean up), and re-adoption
+//! of live VMMs when a restarted daemon opens its state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use banger_vmm::{Adoption, Vmm};
+
+use super::state::{Move, Op, next};
+use super::{ReadyState, Slot, ipv4};
+use crate::Daemon;
+
+impl Daemon {
+    /// Watches a running VMM; when it exits on its own, records why.
+    pub(crate) fn watch(self: &Arc<Self>, name: String, slot: Arc<Slot>) {
+        let d = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let mut guard = slot.vmm.lock().await;
+                let Some(vm) = guard.as_mut() else {
+                    return; // stopped through the API
+                };
+                if let banger_vmm::VmmStatus::Exited(info) = vm.status() {
+                    let console = vm.console_log().to_path_buf();
+                    let kind = vm.handle().kind;
+                    let mut dead = guard.take();
+                    drop(guard);
+                    // The VMM is gone but its helpers (the vsock backend)
+                    // and control sockets are not: the driver's stop of an
+                    // exited VMM cleans those up.
+                    if let (Some(vm), Ok(driver)) = (dead.as_mut(), d.driver_for(Some(kind))) {
+                        let _ = driver.stop(vm, Duration::ZERO).await;
+                    }
+                    let tail = banger_vmm::process::log_tail(&console, 10);
+                    let reason =
+                        format!("the VMM exited unexpectedly ({info}); console tail:\n{tail}");
+                    tracing::warn!(vm = %name, "{reason}");
+                    d.vm_exited(&name, &reason).await;
+                    slot.ready.send_replace(ReadyState::Failed(reason));
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The rest of a VMM's death: network, name, process identity, state.
+    async fn vm_exited(&self, name: &str, reason: &str) {
+        let Ok(rec) = self.store.get_vm(name) else {
+            return;
+        };
+        if let Err(e) = self.teardown_network(&rec).await {
+            tracing::warn!(vm = %name, "{}", e.message);
+        }
+        self.dns_names.remove(name);
+        let _ = self.store.set_vm_process(name, None, None);
+        self.vm_dir(name).remove_handle();
+        if let Err(e) = self.apply(&rec, Op::Exited, Some(reason)) {
+            // A stop that began before the exit was noticed finishes it.
+            tracing::info!(vm = %name, "exit not recorded: {}", e.message);
+        }
+    }
+
+    /// After a daemon restart: adopt live VMMs, record dead ones.
+    pub async fn readopt(self: &Arc<Self>) -> anyhow::Result<()> {
+        for rec in self.store.list_vms()? {
+            if next(rec.state, Op::Adopted) == Move::Refused {
+                continue; // nothing was running
+            }
+            let dir = self.vm_dir(&rec.name);
+            let outcome = match dir.read_handle() {
+                Some(h) => banger_vmm::adopt(h).await,
+                None => Adoption::Gone {
+                    reason: "no VMM handle was recorded".into(),
+                },
+            };
+            match outcome {
+                Adoption::Alive(vm) => {
+                    tracing::info!(vm = %rec.name, pid = vm.pid(), "re-adopted running VM");
+                    let slot = self.slots.get(&rec.name);
+                    *slot.vmm.lock().await = Some(*vm);
+                    // The agent announced itself to the previous daemon; ask it directly.
+                    let client = banger_agent::client::AgentClient::hybrid(dir.vsock())
+                        .with_connect_timeout(Duration::from_secs(2));
+                    let ready = tokio::time::timeout(Duration::from_secs(3), client.ping()).await;
+                    slot.ready.send_replace(if matches!(ready, Ok(Ok(_))) {
+                        ReadyState::Ready
+                    } else {
+                        ReadyState::Failed(
+                            "the guest agent did not answer after the daemon restarted".into(),
+                        )
+                    });
+                    self.apply(&rec, Op::Adopted, None)?;
+                    if let Some(ip) = ipv4(&rec) {
+                        let _ = self.dns_names.set(&rec.name, ip);
+                    }
+                    self.watch(rec.name.clone(), slot);
+                }
+                Adoption::Gone { reason } => {
+                    let tail = banger_vmm::process::log_tail(&dir.console_log(), 10);
+                    let why = format!("its VMM is gone ({reason}); console tail:\n{tail}");
+                    tracing::warn!(vm = %rec.name, "{why}");
+                    let _ = self.teardown_network(&rec).await;
+                    self.store.set_vm_process(&rec.name, None, None)?;
+                    dir.remove_handle();
+                    self.apply(&rec, Op::Lost, Some(&why))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
