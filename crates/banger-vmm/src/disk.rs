@@ -1,4 +1,5 @@
-//! Per-VM disks: root disk clones and empty ext4 work disks.
+//! Per-VM disks: root disk clones, empty ext4 work disks, and the disk side of
+//! snapshots (qcow2 overlays on a snapshot's raw disk, flattening an overlay back to raw).
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -21,6 +22,129 @@ pub enum CloneMethod {
         /// Bytes of data actually copied (holes are skipped).
         data_bytes: u64,
     },
+}
+
+/// A disk file's format, read from its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskFormat {
+    Raw,
+    /// A qcow2 file (banger makes them only as overlays on a snapshot's raw disk).
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// The format of the disk at `path`: qcow2 when it starts with qcow2's magic, else raw
+/// (also for an unreadable file: opening it then fails with a clear error elsewhere).
+pub fn disk_format(path: &Path) -> DiskFormat {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    match File::open(path).and_then(|mut f| f.read_exact(&mut magic)) {
+        Ok(()) if &magic == b"QFI\xfb" => DiskFormat::Qcow2,
+        _ => DiskFormat::Raw,
+    }
+}
+
+/// How a restored VM got its own disk from a snapshot's disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestoreDiskMethod {
+    /// A full clone (reflink or sparse copy).
+    Clone(CloneMethod),
+    /// A qcow2 overlay whose backing file is the snapshot's raw disk: O(1); the snapshot's
+    /// disk must outlive the VM.
+    Qcow2Overlay,
+}
+
+/// Makes `dst` (which must not exist) a private writable disk backed by the snapshot disk
+/// `src`: a reflink when the filesystem has them, else (when `qemu_img` is given, i.e.
+/// under QEMU) a qcow2 overlay on `src`, else a sparse copy.
+pub fn restore_disk(
+    src: &Path,
+    dst: &Path,
+    qemu_img: Option<&Path>,
+) -> Result<RestoreDiskMethod, VmmError> {
+    if let Some(qemu_img) = qemu_img
+        && !reflink_works(src, dst)
+    {
+        qemu_img_run(
+            qemu_img,
+            &["create", "-q", "-f", "qcow2", "-F", "raw", "-b"],
+            src,
+            dst,
+        )?;
+        return Ok(RestoreDiskMethod::Qcow2Overlay);
+    }
+    clone_disk(src, dst).map(RestoreDiskMethod::Clone)
+}
+
+/// Whether FICLONE works from `src`'s filesystem to `dst`'s directory (probed with a
+/// throwaway file next to `dst`).
+fn reflink_works(src: &Path, dst: &Path) -> bool {
+    let probe = dst.with_extension("reflink-probe");
+    let ok = (|| {
+        let input = File::open(src).ok()?;
+        let output = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .ok()?;
+        // SAFETY: FICLONE takes the source fd as its integer argument; both fds are open.
+        let r = unsafe { libc::ioctl(output.as_raw_fd(), FICLONE, input.as_raw_fd()) };
+        Some(r == 0)
+    })()
+    .unwrap_or(false);
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
+/// Copies a (stopped) VM's disk into a snapshot as a standalone raw file: a clone for a
+/// raw disk, `qemu-img convert` (reading through the backing chain) for a qcow2 overlay.
+pub fn snapshot_disk(src: &Path, dst: &Path, qemu_img: Option<&Path>) -> Result<(), VmmError> {
+    if disk_format(src) == DiskFormat::Raw {
+        return clone_disk(src, dst).map(|_| ());
+    }
+    let qemu_img = qemu_img.ok_or_else(|| {
+        VmmError::Unavailable(format!(
+            "{} is a qcow2 overlay and qemu-img is not installed; apt-get install qemu-utils",
+            src.display()
+        ))
+    })?;
+    qemu_img_run(qemu_img, &["convert", "-q", "-O", "raw"], src, dst)
+}
+
+/// `qemu-img ARGS SRC DST`; on failure `dst` is removed and stderr reported.
+fn qemu_img_run(qemu_img: &Path, args: &[&str], src: &Path, dst: &Path) -> Result<(), VmmError> {
+    let out = Command::new(qemu_img)
+        .args(args)
+        .arg(src)
+        .arg(dst)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(VmmError::io(format!("run {}", qemu_img.display())))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(dst);
+        return Err(VmmError::Tool {
+            command: format!(
+                "{} {} {} {}",
+                qemu_img.display(),
+                args.join(" "),
+                src.display(),
+                dst.display()
+            ),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// FICLONE = _IOW(0x94, 9, int)

@@ -67,6 +67,10 @@ pub enum VmmError {
         detail: String,
     },
 
+    /// A snapshot cannot be used (incomplete, corrupt, or made for another VM/VMM).
+    #[error("snapshot {} cannot be used: {reason}", dir.display())]
+    Snapshot { dir: PathBuf, reason: String },
+
     /// A filesystem or process operation failed.
     #[error("{context}: {source}")]
     Io {

@@ -13,9 +13,10 @@ use serde_json::{Value, json};
 
 use crate::error::VmmError;
 use crate::process::{RunningVmm, VmmHandle};
+use crate::snapshot::{AfterSnapshot, Snapshot};
 use crate::spec::{VmmKind, VmmSpec, ensure_arg};
-use crate::util::{remove_stale, spawn, wait_for_socket};
-use crate::{StopMethod, StopOutcome, Vmm};
+use crate::util::{remove_stale, spawn_in, wait_for_socket};
+use crate::{Restored, StopMethod, StopOutcome, Vmm};
 
 /// File names inside the VM dir.
 pub const API_SOCKET: &str = "fc.sock";
@@ -53,9 +54,17 @@ pub struct ApiRequest {
 }
 
 impl ApiRequest {
-    fn put(path: impl Into<String>, body: Value) -> ApiRequest {
+    pub(crate) fn put(path: impl Into<String>, body: Value) -> ApiRequest {
         ApiRequest {
             method: "PUT",
+            path: path.into(),
+            body,
+        }
+    }
+
+    pub(crate) fn patch(path: impl Into<String>, body: Value) -> ApiRequest {
+        ApiRequest {
+            method: "PATCH",
             path: path.into(),
             body,
         }
@@ -87,20 +96,17 @@ pub fn api_requests(spec: &VmmSpec, entropy: bool) -> Result<Vec<ApiRequest>, Vm
         )));
     }
     let path = |p: &Path| p.to_string_lossy().into_owned();
-    let mut reqs = vec![
-        ApiRequest::put(
-            "/logger",
-            json!({ "log_path": path(&spec.vm_dir.join(LOG_FILE)), "level": "Info", "show_level": true }),
-        ),
-        ApiRequest::put(
-            "/metrics",
-            json!({ "metrics_path": path(&spec.vm_dir.join(METRICS_FILE)) }),
-        ),
-        ApiRequest::put(
-            "/machine-config",
-            json!({ "vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib, "smt": false }),
-        ),
-    ];
+    // Disks inside the VM directory are named relative to it (firecracker runs there), so
+    // a snapshot, which records these paths, restores against the new VM's own disks.
+    let disk_path = |p: &Path| match p.strip_prefix(&spec.vm_dir) {
+        Ok(rel) if p.parent() == Some(spec.vm_dir.as_path()) => path(rel),
+        _ => path(p),
+    };
+    let mut reqs = log_requests(spec);
+    reqs.push(ApiRequest::put(
+        "/machine-config",
+        json!({ "vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib, "smt": false }),
+    ));
     let mut boot = json!({ "kernel_image_path": path(vmlinux), "boot_args": boot_args(spec) });
     if let Some(initrd) = &spec.kernel.initrd {
         boot["initrd_path"] = json!(path(initrd));
@@ -108,12 +114,12 @@ pub fn api_requests(spec: &VmmSpec, entropy: bool) -> Result<Vec<ApiRequest>, Vm
     reqs.push(ApiRequest::put("/boot-source", boot));
     reqs.push(ApiRequest::put(
         "/drives/rootfs",
-        json!({ "drive_id": "rootfs", "path_on_host": path(&spec.root_disk), "is_root_device": true, "is_read_only": false }),
+        json!({ "drive_id": "rootfs", "path_on_host": disk_path(&spec.root_disk), "is_root_device": true, "is_read_only": false }),
     ));
     if let Some(work) = &spec.work_disk {
         reqs.push(ApiRequest::put(
             "/drives/work",
-            json!({ "drive_id": "work", "path_on_host": path(work), "is_root_device": false, "is_read_only": false }),
+            json!({ "drive_id": "work", "path_on_host": disk_path(work), "is_root_device": false, "is_read_only": false }),
         ));
     }
     if let Some(net) = &spec.net {
@@ -136,6 +142,21 @@ pub fn api_requests(spec: &VmmSpec, entropy: bool) -> Result<Vec<ApiRequest>, Vm
         json!({ "action_type": "InstanceStart" }),
     ));
     Ok(reqs)
+}
+
+/// The logger and metrics requests, first for a boot and for a snapshot load alike.
+pub(crate) fn log_requests(spec: &VmmSpec) -> Vec<ApiRequest> {
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    vec![
+        ApiRequest::put(
+            "/logger",
+            json!({ "log_path": path(&spec.vm_dir.join(LOG_FILE)), "level": "Info", "show_level": true }),
+        ),
+        ApiRequest::put(
+            "/metrics",
+            json!({ "metrics_path": path(&spec.vm_dir.join(METRICS_FILE)) }),
+        ),
+    ]
 }
 
 /// One HTTP/1.1 request over the API socket. Returns the status and body.
@@ -197,7 +218,11 @@ pub async fn api_call(
 
 /// Sends `req`; a non-2xx answer becomes [`VmmError::Api`] with Firecracker's
 /// `fault_message` verbatim.
-async fn send(socket: &Path, req: &ApiRequest, timeout: Duration) -> Result<(), VmmError> {
+pub(crate) async fn send(
+    socket: &Path,
+    req: &ApiRequest,
+    timeout: Duration,
+) -> Result<(), VmmError> {
     let (status, body) = api_call(socket, req.method, &req.path, Some(&req.body), timeout).await?;
     if (200..300).contains(&status) {
         return Ok(());
@@ -227,16 +252,9 @@ impl FirecrackerDriver {
             spec.name.clone().into(),
         ]
     }
-}
 
-impl Vmm for FirecrackerDriver {
-    fn kind(&self) -> VmmKind {
-        VmmKind::Firecracker
-    }
-
-    async fn start(&self, spec: &VmmSpec) -> Result<RunningVmm, VmmError> {
-        spec.validate()?;
-        let requests = api_requests(spec, self.entropy)?;
+    /// Spawns firecracker in the VM directory and waits for its API socket.
+    pub(crate) async fn spawn_api(&self, spec: &VmmSpec) -> Result<RunningVmm, VmmError> {
         let socket = spec.vm_dir.join(API_SOCKET);
         let log = spec.vm_dir.join(LOG_FILE);
         remove_stale(&socket)?;
@@ -248,11 +266,12 @@ impl Vmm for FirecrackerDriver {
             crate::util::open_append(p)?;
         }
         // Serial console = firecracker's stdout; its own stderr goes to its log.
-        let (mut child, identity) = spawn(
+        let (mut child, identity) = spawn_in(
             &self.bin,
             &self.argv(spec, &socket),
             &spec.console_log,
             &log,
+            Some(&spec.vm_dir),
         )?;
         let program = self.bin.display().to_string();
         if let Err(e) =
@@ -267,19 +286,43 @@ impl Vmm for FirecrackerDriver {
             vm_name: spec.name.clone(),
             vm_dir: spec.vm_dir.clone(),
             process: identity,
-            control_socket: socket.clone(),
+            control_socket: socket,
             console_log: spec.console_log.clone(),
             vmm_log: log,
             helpers: Vec::new(),
+            memory_file: None,
         };
-        let mut vm = RunningVmm::new(handle, Some(child), Vec::new());
-        for req in &requests {
+        Ok(RunningVmm::new(handle, Some(child), Vec::new()))
+    }
+
+    /// Sends `requests` in order; on the first error the VMM is killed.
+    pub(crate) async fn send_all(
+        &self,
+        vm: &mut RunningVmm,
+        requests: &[ApiRequest],
+    ) -> Result<(), VmmError> {
+        let socket = vm.handle().control_socket.clone();
+        for req in requests {
             if let Err(e) = send(&socket, req, self.api_timeout).await {
                 vm.kill().await;
                 let _ = std::fs::remove_file(&socket);
                 return Err(e);
             }
         }
+        Ok(())
+    }
+}
+
+impl Vmm for FirecrackerDriver {
+    fn kind(&self) -> VmmKind {
+        VmmKind::Firecracker
+    }
+
+    async fn start(&self, spec: &VmmSpec) -> Result<RunningVmm, VmmError> {
+        spec.validate()?;
+        let requests = api_requests(spec, self.entropy)?;
+        let mut vm = self.spawn_api(spec).await?;
+        self.send_all(&mut vm, &requests).await?;
         tracing::info!(vm = %spec.name, pid = vm.pid(), "firecracker started");
         Ok(vm)
     }
@@ -325,5 +368,28 @@ impl Vmm for FirecrackerDriver {
         vm.stop_helpers().await;
         let _ = std::fs::remove_file(&socket);
         Ok(outcome)
+    }
+
+    async fn pause(&self, vm: &mut RunningVmm) -> Result<(), VmmError> {
+        self.fc_pause(vm).await
+    }
+
+    async fn resume(&self, vm: &mut RunningVmm) -> Result<(), VmmError> {
+        self.fc_resume(vm).await
+    }
+
+    async fn snapshot(
+        &self,
+        vm: &mut RunningVmm,
+        source: &VmmSpec,
+        dest: &Path,
+        then: AfterSnapshot,
+    ) -> Result<Snapshot, VmmError> {
+        self.fc_snapshot(vm, source, dest, then).await
+    }
+
+    async fn restore(&self, snapshot: &Snapshot, spec: &VmmSpec) -> Result<Restored, VmmError> {
+        let (vm, report) = self.fc_restore(snapshot, spec).await?;
+        Ok(Restored { vm, report })
     }
 }

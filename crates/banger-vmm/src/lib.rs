@@ -7,20 +7,29 @@
 //! - [`select_vmm`]: `vmm = auto|firecracker|qemu` → driver + reason + doctor findings
 //!   (KVM usability probe, host TSC rate).
 //! - [`clone_disk`], [`create_work_disk`]: per-VM disks.
+//! - [`Vmm::snapshot`] / [`Vmm::restore`]: a paused VM's device state, RAM and disks into a
+//!   [`Snapshot`] directory, and new VMs from it (their own disks, tap, vsock, console).
 
 pub mod disk;
 pub mod error;
 pub mod firecracker;
+pub mod firecracker_snapshot;
 pub mod host;
 pub mod process;
 pub mod qemu;
+mod qemu_snapshot;
+pub mod qmp;
+pub mod snapshot;
 pub mod spec;
 mod util;
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
-pub use disk::{CloneMethod, clone_disk, create_work_disk};
+pub use disk::{
+    CloneMethod, DiskFormat, RestoreDiskMethod, clone_disk, create_work_disk, disk_format,
+};
 pub use error::VmmError;
 pub use firecracker::FirecrackerDriver;
 pub use host::{
@@ -30,6 +39,7 @@ pub use process::{
     Adoption, ExitInfo, HelperProcess, ProcessIdentity, RunningVmm, VmmHandle, VmmStatus, adopt,
 };
 pub use qemu::QemuDriver;
+pub use snapshot::{AfterSnapshot, MemoryMode, RestoreReport, Snapshot, SnapshotManifest};
 pub use spec::{KernelFiles, MacAddr, NetSpec, VmmKind, VmmPreference, VmmSpec, VsockSpec};
 
 use serde::Serialize;
@@ -72,6 +82,40 @@ pub trait Vmm: Send + Sync {
         vm: &mut RunningVmm,
         grace: Duration,
     ) -> impl Future<Output = Result<StopOutcome, VmmError>> + Send;
+
+    /// Freezes the guest's vCPUs (the VMM keeps running).
+    fn pause(&self, vm: &mut RunningVmm) -> impl Future<Output = Result<(), VmmError>> + Send;
+
+    /// Lets a paused guest run again.
+    fn resume(&self, vm: &mut RunningVmm) -> impl Future<Output = Result<(), VmmError>> + Send;
+
+    /// Pauses `vm` (started from `source`) and writes its device state, guest memory and a
+    /// copy of its disks into the new directory `dest` (atomically: a failure or crash
+    /// leaves no `dest`). Then resumes it or leaves it paused, per `then`; on error it is
+    /// resumed.
+    fn snapshot(
+        &self,
+        vm: &mut RunningVmm,
+        source: &VmmSpec,
+        dest: &Path,
+        then: AfterSnapshot,
+    ) -> impl Future<Output = Result<Snapshot, VmmError>> + Send;
+
+    /// Starts a new VM from `snapshot`: `spec` names its directory, disks (created here
+    /// from the snapshot's; they must not exist), tap, vsock socket and console log, and
+    /// must have the snapshot's shape. On error nothing is left running or created.
+    fn restore(
+        &self,
+        snapshot: &Snapshot,
+        spec: &VmmSpec,
+    ) -> impl Future<Output = Result<Restored, VmmError>> + Send;
+}
+
+/// A VM restored from a snapshot, with how long each part took.
+#[derive(Debug)]
+pub struct Restored {
+    pub vm: RunningVmm,
+    pub report: RestoreReport,
 }
 
 /// Either driver, chosen at runtime (e.g. from a [`Selection`] or a persisted [`VmmKind`]).
@@ -133,6 +177,40 @@ impl Vmm for Driver {
         match self {
             Driver::Firecracker(d) => d.stop(vm, grace).await,
             Driver::Qemu(d) => d.stop(vm, grace).await,
+        }
+    }
+
+    async fn pause(&self, vm: &mut RunningVmm) -> Result<(), VmmError> {
+        match self {
+            Driver::Firecracker(d) => d.pause(vm).await,
+            Driver::Qemu(d) => d.pause(vm).await,
+        }
+    }
+
+    async fn resume(&self, vm: &mut RunningVmm) -> Result<(), VmmError> {
+        match self {
+            Driver::Firecracker(d) => d.resume(vm).await,
+            Driver::Qemu(d) => d.resume(vm).await,
+        }
+    }
+
+    async fn snapshot(
+        &self,
+        vm: &mut RunningVmm,
+        source: &VmmSpec,
+        dest: &Path,
+        then: AfterSnapshot,
+    ) -> Result<Snapshot, VmmError> {
+        match self {
+            Driver::Firecracker(d) => d.snapshot(vm, source, dest, then).await,
+            Driver::Qemu(d) => d.snapshot(vm, source, dest, then).await,
+        }
+    }
+
+    async fn restore(&self, snapshot: &Snapshot, spec: &VmmSpec) -> Result<Restored, VmmError> {
+        match self {
+            Driver::Firecracker(d) => d.restore(snapshot, spec).await,
+            Driver::Qemu(d) => d.restore(snapshot, spec).await,
         }
     }
 }

@@ -124,6 +124,9 @@ pub struct VmmHandle {
     pub vmm_log: PathBuf,
     #[serde(default)]
     pub helpers: Vec<HelperProcess>,
+    /// Guest RAM file (QEMU `memory_file`), removed when the VM is found stopped.
+    #[serde(default)]
+    pub memory_file: Option<PathBuf>,
 }
 
 /// A VMM process this daemon manages: the persisted handle, plus the `Child` when the
@@ -241,7 +244,8 @@ impl RunningVmm {
     }
 
     /// Stops helper processes: SIGTERM, a short wait, then SIGKILL (vhost-device-vsock
-    /// ignores SIGTERM for a while).
+    /// ignores SIGTERM for a while). Once the VMM itself is gone, also removes its guest
+    /// RAM file.
     pub(crate) async fn stop_helpers(&mut self) {
         for h in &self.handle.helpers {
             h.process.signal(libc::SIGTERM);
@@ -262,6 +266,12 @@ impl RunningVmm {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.reap_helpers();
+        // Guest RAM on tmpfs is memory: give it back once the VMM is gone.
+        if let Some(f) = &self.handle.memory_file
+            && !self.handle.process.is_alive()
+        {
+            let _ = std::fs::remove_file(f);
+        }
     }
 
     fn reap_helpers(&mut self) {
@@ -371,6 +381,7 @@ mod tests {
             console_log: PathBuf::from("/nonexistent/c"),
             vmm_log: PathBuf::from("/nonexistent/l"),
             helpers: vec![],
+            memory_file: None,
         };
         let mut vm = RunningVmm::new(handle, Some(child), vec![]);
         assert_eq!(

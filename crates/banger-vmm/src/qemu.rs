@@ -7,15 +7,16 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use serde_json::Value;
 
 use crate::error::VmmError;
 use crate::host::Accel;
 use crate::process::{HelperProcess, RunningVmm, VmmHandle, log_tail};
+pub use crate::qmp::qmp_command;
+use crate::snapshot::{AfterSnapshot, Snapshot};
 use crate::spec::{VmmKind, VmmSpec, ensure_arg};
 use crate::util::{no_comma, remove_stale, spawn, wait_for_socket};
-use crate::{StopMethod, StopOutcome, Vmm};
+use crate::{Restored, StopMethod, StopOutcome, Vmm};
 
 pub const QMP_SOCKET: &str = "qmp.sock";
 pub const LOG_FILE: &str = "qemu.log";
@@ -33,6 +34,9 @@ pub struct QemuDriver {
     pub tsc_khz: u64,
     /// `vhost-device-vsock`, needed only for specs with vsock.
     pub vhost_vsock_bin: Option<PathBuf>,
+    /// `qemu-img` (qemu-utils): O(1) qcow2 overlays for restored VMs' disks, and
+    /// flattening them when such a VM is snapshotted. Without it disks are copied.
+    pub qemu_img: Option<PathBuf>,
     /// How long to wait for the QMP socket (and the vsock backend's socket).
     pub socket_timeout: Duration,
     /// How long to wait for `quit` before SIGKILL.
@@ -46,6 +50,7 @@ impl QemuDriver {
             accel,
             tsc_khz,
             vhost_vsock_bin: None,
+            qemu_img: crate::host::find_program("qemu-img"),
             socket_timeout: Duration::from_secs(10),
             quit_timeout: Duration::from_secs(3),
         }
@@ -61,8 +66,25 @@ impl QemuDriver {
         }
     }
 
-    /// QEMU's argv (pure; unit-tested). Disks: root first (/dev/vda), then work (/dev/vdb).
+    /// QEMU's argv for a cold boot (unit-tested). Disks: root first (/dev/vda), then work
+    /// (/dev/vdb); each disk's format (raw or a qcow2 overlay) is read from its header.
     pub fn argv(&self, spec: &VmmSpec) -> Result<Vec<OsString>, VmmError> {
+        let memory = match (&spec.memory_file, &spec.vsock) {
+            (Some(f), _) => Memory::SharedFile(f),
+            // vhost-user needs the guest RAM in a shareable fd.
+            (None, Some(_)) => Memory::Memfd,
+            (None, None) => Memory::Anonymous,
+        };
+        self.argv_with(spec, memory)
+    }
+
+    /// The argv shared by cold boots and restores. Guest RAM is always the backend `mem`,
+    /// so a snapshot's RAM block has the same name whichever way the VM started.
+    pub(crate) fn argv_with(
+        &self,
+        spec: &VmmSpec,
+        memory: Memory<'_>,
+    ) -> Result<Vec<OsString>, VmmError> {
         let kernel = spec
             .kernel
             .vmlinuz
@@ -73,12 +95,7 @@ impl QemuDriver {
             })?;
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
-        let machine = if spec.vsock.is_some() {
-            "microvm,memory-backend=mem"
-        } else {
-            "microvm"
-        };
-        push(&["-M", machine]);
+        push(&["-M", "microvm,memory-backend=mem"]);
         match self.accel {
             Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
             Accel::Tcg => push(&["-accel", "tcg", "-cpu", "qemu64"]),
@@ -93,6 +110,7 @@ impl QemuDriver {
             "-name",
             &spec.name,
         ]);
+        a.extend(["-object".into(), memory.object(&mem)?]);
         a.extend(["-kernel".into(), kernel.into()]);
         if let Some(initrd) = &spec.kernel.initrd {
             a.extend(["-initrd".into(), initrd.into()]);
@@ -110,10 +128,11 @@ impl QemuDriver {
             disks.push(("work", w));
         }
         for (id, p) in disks {
+            let format = crate::disk::disk_format(p).as_str();
             let p = no_comma("disk", p)?;
             a.extend([
                 "-drive".into(),
-                opt(&format!("if=none,format=raw,id={id},file="), &p),
+                opt(&format!("if=none,format={format},id={id},file="), &p),
                 "-device".into(),
                 format!("virtio-blk-device,drive={id}").into(),
             ]);
@@ -129,8 +148,6 @@ impl QemuDriver {
         if spec.vsock.is_some() {
             let vhost = no_comma("vhost socket", &spec.vm_dir.join(VHOST_SOCKET))?;
             a.extend([
-                "-object".into(),
-                format!("memory-backend-memfd,id=mem,size={mem},share=on").into(),
                 "-chardev".into(),
                 opt("socket,id=vs0,path=", &vhost),
                 "-device".into(),
@@ -144,6 +161,10 @@ impl QemuDriver {
             s.push(",server=on,wait=off");
             s
         }]);
+        if matches!(memory, Memory::PrivateFile(_) | Memory::Incoming) {
+            // Paused until the state is loaded and `cont` is sent.
+            push_all(&mut a, &["-S", "-incoming", "defer"]);
+        }
         Ok(a)
     }
 
@@ -204,74 +225,112 @@ impl QemuDriver {
     }
 }
 
+impl QemuDriver {
+    /// Spawns the vsock backend (if any) and QEMU with `argv`, and waits for the QMP
+    /// socket. On error nothing is left running.
+    pub(crate) async fn launch(
+        &self,
+        spec: &VmmSpec,
+        argv: &[OsString],
+        memory_file: Option<PathBuf>,
+    ) -> Result<RunningVmm, VmmError> {
+        let qmp = spec.vm_dir.join(QMP_SOCKET);
+        let log = spec.vm_dir.join(LOG_FILE);
+        remove_stale(&qmp)?;
+        let helper = self.start_vsock_backend(spec).await?;
+        let (helper_children, helpers) = match helper {
+            Some((c, h)) => (vec![c], vec![h]),
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut handle = VmmHandle {
+            kind: VmmKind::Qemu,
+            vm_name: spec.name.clone(),
+            vm_dir: spec.vm_dir.clone(),
+            process: crate::process::ProcessIdentity {
+                pid: 0,
+                start_time: 0,
+            },
+            control_socket: qmp.clone(),
+            console_log: spec.console_log.clone(),
+            vmm_log: log.clone(),
+            helpers,
+            memory_file,
+        };
+        let (child, identity) = match spawn(&self.bin, argv, &log, &log) {
+            Ok(x) => x,
+            Err(e) => {
+                RunningVmm::new(handle, None, helper_children)
+                    .stop_helpers()
+                    .await;
+                return Err(e);
+            }
+        };
+        handle.process = identity;
+        let mut vm = RunningVmm::new(handle, Some(child), helper_children);
+        let program = self.bin.display().to_string();
+        let waited = match vm.child_mut() {
+            Some(child) => wait_for_socket(child, &program, &qmp, self.socket_timeout, &log).await,
+            None => Err(VmmError::Unavailable("lost qemu child".into())),
+        };
+        if let Err(e) = waited {
+            abort(&mut vm).await;
+            return Err(e);
+        }
+        Ok(vm)
+    }
+}
+
+/// Kills a VMM that failed to come up, its helpers, and its sockets.
+pub(crate) async fn abort(vm: &mut RunningVmm) {
+    vm.kill().await;
+    vm.stop_helpers().await;
+    let _ = std::fs::remove_file(&vm.handle().control_socket);
+    let _ = std::fs::remove_file(vm.handle().vm_dir.join(VHOST_SOCKET));
+}
+
+/// Where a VM's guest RAM lives.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Memory<'a> {
+    /// Plain anonymous RAM.
+    Anonymous,
+    /// A memfd shared with the vhost-user vsock backend.
+    Memfd,
+    /// A named file mapped shared (on tmpfs): a snapshot copies it instead of streaming RAM.
+    SharedFile(&'a Path),
+    /// Restore: a snapshot's RAM file mapped privately (copy-on-write, nothing copied up
+    /// front); the device state stream carries no RAM.
+    PrivateFile(&'a Path),
+    /// Restore: RAM arrives in the state stream.
+    Incoming,
+}
+
+impl Memory<'_> {
+    fn object(&self, size: &str) -> Result<OsString, VmmError> {
+        Ok(match self {
+            Memory::Anonymous | Memory::Incoming => {
+                format!("memory-backend-ram,id=mem,size={size}").into()
+            }
+            Memory::Memfd => format!("memory-backend-memfd,id=mem,size={size},share=on").into(),
+            Memory::SharedFile(p) => opt(
+                &format!("memory-backend-file,id=mem,size={size},share=on,mem-path="),
+                &no_comma("memory file", p)?,
+            ),
+            Memory::PrivateFile(p) => opt(
+                &format!("memory-backend-file,id=mem,size={size},share=off,mem-path="),
+                &no_comma("snapshot memory file", p)?,
+            ),
+        })
+    }
+}
+
+fn push_all(a: &mut Vec<OsString>, items: &[&str]) {
+    a.extend(items.iter().map(OsString::from));
+}
+
 fn opt(prefix: &str, path: &Path) -> OsString {
     let mut s = OsString::from(prefix);
     s.push(path);
     s
-}
-
-/// Runs one QMP command (after the capabilities handshake) and returns its `return` value.
-pub async fn qmp_command(
-    socket: &Path,
-    command: &str,
-    timeout: Duration,
-) -> Result<Value, VmmError> {
-    let err = |detail: String| VmmError::Qmp {
-        command: command.to_string(),
-        socket: socket.to_path_buf(),
-        detail,
-    };
-    let fut = async {
-        let stream = tokio::net::UnixStream::connect(socket)
-            .await
-            .map_err(|e| err(format!("connect: {e}")))?;
-        let (r, mut w) = stream.into_split();
-        let mut lines = BufReader::new(r).lines();
-        // Reads until a reply (skipping greeting and async events).
-        async fn reply(
-            lines: &mut tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
-        ) -> Result<Option<Value>, String> {
-            while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
-                let v: Value = serde_json::from_str(&line)
-                    .map_err(|e| format!("bad QMP line {line:?}: {e}"))?;
-                if let Some(ret) = v.get("return") {
-                    return Ok(Some(ret.clone()));
-                }
-                if let Some(e) = v.get("error") {
-                    return Err(e
-                        .get("desc")
-                        .and_then(Value::as_str)
-                        .unwrap_or("unknown error")
-                        .to_string());
-                }
-            }
-            Ok(None)
-        }
-        let greeting = lines
-            .next_line()
-            .await
-            .map_err(|e| err(format!("read greeting: {e}")))?;
-        if !greeting.as_deref().is_some_and(|g| g.contains("QMP")) {
-            return Err(err(format!("unexpected greeting {greeting:?}")));
-        }
-        for cmd in ["qmp_capabilities", command] {
-            let line = format!("{}\n", json!({ "execute": cmd }));
-            w.write_all(line.as_bytes())
-                .await
-                .map_err(|e| err(format!("write: {e}")))?;
-            match reply(&mut lines).await.map_err(err)? {
-                Some(v) if cmd == command => return Ok(v),
-                Some(_) => {}
-                // `quit` may close the socket before replying.
-                None if cmd == "quit" => return Ok(Value::Null),
-                None => return Err(err("QEMU closed the QMP connection".into())),
-            }
-        }
-        Err(err("no reply".into()))
-    };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| err(format!("no reply within {timeout:?}")))?
 }
 
 impl Vmm for QemuDriver {
@@ -282,44 +341,13 @@ impl Vmm for QemuDriver {
     async fn start(&self, spec: &VmmSpec) -> Result<RunningVmm, VmmError> {
         spec.validate()?;
         let argv = self.argv(spec)?;
-        let qmp = spec.vm_dir.join(QMP_SOCKET);
-        let log = spec.vm_dir.join(LOG_FILE);
-        remove_stale(&qmp)?;
-        let helper = self.start_vsock_backend(spec).await?;
-        let (helper_children, helpers) = match helper {
-            Some((c, h)) => (vec![c], vec![h]),
-            None => (Vec::new(), Vec::new()),
-        };
-        let spawned = spawn(&self.bin, &argv, &log, &log);
-        let (child, identity) = match spawned {
-            Ok(x) => x,
-            Err(e) => {
-                let mut dummy = RunningVmm::new(
-                    dummy_handle(spec, &qmp, &log, helpers),
-                    None,
-                    helper_children,
-                );
-                dummy.stop_helpers().await;
-                return Err(e);
-            }
-        };
-        let handle = VmmHandle {
-            kind: VmmKind::Qemu,
-            vm_name: spec.name.clone(),
-            vm_dir: spec.vm_dir.clone(),
-            process: identity,
-            control_socket: qmp.clone(),
-            console_log: spec.console_log.clone(),
-            vmm_log: log.clone(),
-            helpers,
-        };
-        let mut vm = RunningVmm::new(handle, Some(child), helper_children);
-        let program = self.bin.display().to_string();
-        let ready = async {
-            let child = vm
-                .child_mut()
-                .ok_or_else(|| VmmError::Unavailable("lost qemu child".into()))?;
-            wait_for_socket(child, &program, &qmp, self.socket_timeout, &log).await?;
+        if let Some(f) = &spec.memory_file {
+            // A RAM file left by a VMM that died must not seed the new guest's memory.
+            remove_stale(f)?;
+        }
+        let mut vm = self.launch(spec, &argv, spec.memory_file.clone()).await?;
+        let qmp = vm.handle().control_socket.clone();
+        let running = async {
             let status = qmp_command(&qmp, "query-status", self.socket_timeout).await?;
             if status.get("running").and_then(Value::as_bool) != Some(true) {
                 return Err(VmmError::Qmp {
@@ -330,10 +358,8 @@ impl Vmm for QemuDriver {
             }
             Ok(())
         };
-        if let Err(e) = ready.await {
-            vm.kill().await;
-            vm.stop_helpers().await;
-            let _ = std::fs::remove_file(&qmp);
+        if let Err(e) = running.await {
+            abort(&mut vm).await;
             return Err(e);
         }
         tracing::info!(vm = %spec.name, pid = vm.pid(), accel = ?self.accel, "qemu started");
@@ -393,21 +419,28 @@ impl Vmm for QemuDriver {
         let _ = std::fs::remove_file(vm.handle().vm_dir.join(VHOST_SOCKET));
         Ok(outcome)
     }
-}
 
-fn dummy_handle(spec: &VmmSpec, qmp: &Path, log: &Path, helpers: Vec<HelperProcess>) -> VmmHandle {
-    VmmHandle {
-        kind: VmmKind::Qemu,
-        vm_name: spec.name.clone(),
-        vm_dir: spec.vm_dir.clone(),
-        process: crate::process::ProcessIdentity {
-            pid: 0,
-            start_time: 0,
-        },
-        control_socket: qmp.to_path_buf(),
-        console_log: spec.console_log.clone(),
-        vmm_log: log.to_path_buf(),
-        helpers,
+    async fn pause(&self, vm: &mut RunningVmm) -> Result<(), VmmError> {
+        self.qemu_pause(vm).await
+    }
+
+    async fn resume(&self, vm: &mut RunningVmm) -> Result<(), VmmError> {
+        self.qemu_resume(vm).await
+    }
+
+    async fn snapshot(
+        &self,
+        vm: &mut RunningVmm,
+        source: &VmmSpec,
+        dest: &Path,
+        then: AfterSnapshot,
+    ) -> Result<Snapshot, VmmError> {
+        self.qemu_snapshot(vm, source, dest, then).await
+    }
+
+    async fn restore(&self, snapshot: &Snapshot, spec: &VmmSpec) -> Result<Restored, VmmError> {
+        let (vm, report) = self.qemu_restore(snapshot, spec).await?;
+        Ok(Restored { vm, report })
     }
 }
 
@@ -476,6 +509,54 @@ mod tests {
         assert!(joined.contains("microvm,memory-backend=mem"));
         assert!(joined.contains("memory-backend-memfd,id=mem,size=1024M,share=on"));
         assert!(joined.contains("vhost-user-vsock-device,chardev=vs0"));
+    }
+
+    #[test]
+    fn memory_backends_for_boot_and_restore() {
+        let d = QemuDriver::new("/usr/bin/qemu-system-x86_64".into(), Accel::Tcg, 1);
+        let mut s = spec();
+        let joined = args(&d, &s).join(" ");
+        assert!(
+            joined.contains("memory-backend-ram,id=mem,size=1024M"),
+            "{joined}"
+        );
+        assert!(!joined.contains("-incoming"));
+        s.memory_file = Some("/dev/shm/banger/web-1.mem".into());
+        let joined = args(&d, &s).join(" ");
+        assert!(
+            joined.contains(
+                "memory-backend-file,id=mem,size=1024M,share=on,mem-path=/dev/shm/banger/web-1.mem"
+            ),
+            "{joined}"
+        );
+        let snap = Path::new("/var/lib/banger/snapshots/s/mem");
+        let restore: Vec<String> = d
+            .argv_with(&s, Memory::PrivateFile(snap))
+            .expect("argv")
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = restore.join(" ");
+        assert!(
+            joined.contains("share=off,mem-path=/var/lib/banger/snapshots/s/mem"),
+            "{joined}"
+        );
+        assert!(joined.ends_with("-S -incoming defer"), "{joined}");
+        assert!(joined.contains("microvm,memory-backend=mem"));
+    }
+
+    #[test]
+    fn a_qcow2_overlay_disk_is_passed_as_qcow2() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = QemuDriver::new("/usr/bin/qemu-system-x86_64".into(), Accel::Tcg, 1);
+        let mut s = spec();
+        s.root_disk = dir.path().join("root.qcow2");
+        std::fs::write(&s.root_disk, b"QFI\xfb\0\0\0\x03").expect("write");
+        s.work_disk = Some(dir.path().join("work.ext4"));
+        std::fs::write(dir.path().join("work.ext4"), [0u8; 16]).expect("write");
+        let joined = args(&d, &s).join(" ");
+        assert!(joined.contains("format=qcow2,id=root"), "{joined}");
+        assert!(joined.contains("format=raw,id=work"), "{joined}");
     }
 
     #[test]

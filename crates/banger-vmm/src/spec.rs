@@ -161,6 +161,12 @@ pub struct VmmSpec {
     pub vsock: Option<VsockSpec>,
     /// Where the guest's serial console goes (appended to across boots).
     pub console_log: PathBuf,
+    /// QEMU: keep guest RAM in this file (on tmpfs), mapped shared, so a snapshot copies
+    /// the file instead of streaming RAM and restores map it privately. Removed when the
+    /// VM stops. `None`: anonymous RAM (a snapshot then carries RAM in its state stream).
+    /// Firecracker ignores it.
+    #[serde(default)]
+    pub memory_file: Option<PathBuf>,
 }
 
 impl VmmSpec {
@@ -179,6 +185,7 @@ impl VmmSpec {
             net: None,
             vsock: None,
             console_log: vm_dir.join("console.log"),
+            memory_file: None,
         }
     }
 

@@ -40,13 +40,29 @@ pub(crate) fn spawn(
     stdout: &Path,
     stderr: &Path,
 ) -> Result<(Child, ProcessIdentity), VmmError> {
+    spawn_in(program, args, stdout, stderr, None)
+}
+
+/// [`spawn`] with a working directory (Firecracker resolves relative disk paths, also
+/// those inside a snapshot, against it).
+pub(crate) fn spawn_in(
+    program: &Path,
+    args: &[OsString],
+    stdout: &Path,
+    stderr: &Path,
+    cwd: Option<&Path>,
+) -> Result<(Child, ProcessIdentity), VmmError> {
     let out = open_append(stdout)?;
     let err = if stderr == stdout {
         out.try_clone().map_err(VmmError::io("dup log fd"))?
     } else {
         open_append(stderr)?
     };
-    let child = Command::new(program)
+    let mut cmd = Command::new(program);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))

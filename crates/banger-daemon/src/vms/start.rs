@@ -154,6 +154,7 @@ impl Daemon {
                 uds_path: vsock_path.clone(),
             }),
             console_log: dir.console_log(),
+            memory_file: None,
         };
         let listener = match &spec.vsock {
             Some(v) => Some(
