@@ -5,6 +5,9 @@ use std::path::Path;
 
 use banger_testkit::openapi::{OpenApi, firecracker_spec_path};
 use banger_vmm::firecracker::api_requests;
+use banger_vmm::firecracker_snapshot::{
+    pause_request, restore_requests, resume_request, snapshot_create_request,
+};
 use banger_vmm::{KernelFiles, MacAddr, NetSpec, VmmSpec, VsockSpec};
 use serde_json::json;
 
@@ -162,4 +165,100 @@ fn firecracker_refuses_specs_it_cannot_boot() {
         api_requests(&spec, false).is_err(),
         "odd vcpu count > 1 must be an error"
     );
+}
+
+#[test]
+fn every_snapshot_request_validates_against_the_official_spec() {
+    let Some(api) = load() else { return };
+    let snap_dir = Path::new("/var/lib/banger/snapshots/dev-1");
+    let mut reqs = vec![
+        pause_request(),
+        resume_request(),
+        snapshot_create_request(snap_dir),
+    ];
+    let mut loads = 0;
+    for (label, mut spec, _) in specs() {
+        // A restore goes into a new VM dir with its own tap and vsock socket.
+        spec.vm_dir = "/var/lib/banger/vms/clone-1".into();
+        if let Some(n) = &mut spec.net {
+            n.tap = "bgr-clone-1".into();
+        }
+        if let Some(v) = &mut spec.vsock {
+            v.uds_path = spec.vm_dir.join("v.sock");
+        }
+        let r = restore_requests(snap_dir, &spec);
+        let load = r
+            .iter()
+            .find(|q| q.path == "/snapshot/load")
+            .unwrap_or_else(|| panic!("{label}: no /snapshot/load"));
+        assert_eq!(load.body["mem_backend"]["backend_type"], "File", "{label}");
+        assert_eq!(
+            load.body["network_overrides"][0]["host_dev_name"].as_str(),
+            spec.net.as_ref().map(|n| n.tap.as_str()),
+            "{label}"
+        );
+        assert_eq!(
+            load.body["vsock_override"]["uds_path"].as_str(),
+            spec.vsock.as_ref().and_then(|v| v.uds_path.to_str()),
+            "{label}"
+        );
+        assert_eq!(
+            r.last().map(|q| q.body.clone()),
+            Some(json!({"state": "Resumed"}))
+        );
+        loads += 1;
+        reqs.extend(r);
+    }
+    for r in &reqs {
+        if let Err(errors) = api.validate(r.method, &r.path, &r.body) {
+            panic!(
+                "{} {} body {} is invalid:\n{}",
+                r.method,
+                r.path,
+                r.body,
+                errors.join("\n")
+            );
+        }
+    }
+    assert_eq!(
+        snapshot_create_request(snap_dir).body["snapshot_type"],
+        "Full"
+    );
+    eprintln!(
+        "{} snapshot request bodies validated ({loads} restores)",
+        reqs.len()
+    );
+    // The validator does check these schemas.
+    for (m, p, body) in [
+        ("PATCH", "/vm", json!({"state": "Frozen"})),
+        ("PUT", "/snapshot/create", json!({"snapshot_path": "/s"})),
+        (
+            "PUT",
+            "/snapshot/load",
+            json!({"snapshot_path": "/s", "mem_backend": {"backend_type": "Disk", "backend_path": "/m"}}),
+        ),
+        (
+            "PUT",
+            "/snapshot/load",
+            json!({"snapshot_path": "/s", "network_overrides": [{"iface_id": "eth0"}]}),
+        ),
+    ] {
+        assert!(
+            api.validate(m, p, &body).is_err(),
+            "{m} {p} {body} was accepted"
+        );
+    }
+}
+
+#[test]
+fn disks_inside_the_vm_dir_are_named_relative_to_it() {
+    let (_, spec, _) = specs().remove(1);
+    let reqs = api_requests(&spec, false).expect("requests");
+    let drive = |id: &str| {
+        reqs.iter()
+            .find(|r| r.path == format!("/drives/{id}"))
+            .map(|r| r.body["path_on_host"].clone())
+    };
+    assert_eq!(drive("rootfs"), Some(json!("root.ext4")));
+    assert_eq!(drive("work"), Some(json!("work.ext4")));
 }

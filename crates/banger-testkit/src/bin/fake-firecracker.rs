@@ -5,6 +5,13 @@
 //! configuration requests, records every request to `fake-firecracker-calls.json` next to
 //! the socket, and reads its (mis)behaviour from `fake-firecracker.json` there
 //! (see `banger_testkit::fake::FakeFirecrackerConfig`). It never runs a guest.
+//!
+//! Snapshots: `PATCH /vm` pauses/resumes, `PUT /snapshot/create` (only while paused)
+//! writes a JSON "vmstate" (its drives, NICs, vsock, memory size) and a sparse memory
+//! file of the configured size; `PUT /snapshot/load` (only on a fresh instance) checks
+//! what real Firecracker would trip over: a readable state, a memory file of the right
+//! size, every drive path (relative ones against its working directory, as Firecracker
+//! does), and overrides naming devices the state has.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -87,6 +94,8 @@ fn main() {
         calls: Vec::new(),
         started: false,
         have_boot_source: false,
+        paused: false,
+        vm: FakeVmState::default(),
     };
     for stream in listener.incoming() {
         match stream {
@@ -111,6 +120,18 @@ struct Server {
     calls: Vec<RecordedCall>,
     started: bool,
     have_boot_source: bool,
+    paused: bool,
+    vm: FakeVmState,
+}
+
+/// What the fake "vmstate" file holds.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct FakeVmState {
+    fake_vmstate: u32,
+    mem_size_mib: u64,
+    drives: std::collections::BTreeMap<String, String>,
+    ifaces: std::collections::BTreeMap<String, String>,
+    vsock_uds: Option<String>,
 }
 
 impl Server {
@@ -250,22 +271,168 @@ impl Server {
                     "An error occurred when deserializing the json body of a request: unknown action_type.",
                 ),
             },
+            ("PATCH", "/vm") => {
+                if !self.started {
+                    return fault("The microVM is not running yet.");
+                }
+                match body.get("state").and_then(|v| v.as_str()) {
+                    Some("Paused") => self.paused = true,
+                    Some("Resumed") => self.paused = false,
+                    _ => return fault("Invalid VM state."),
+                }
+                println!(
+                    "fake-firecracker: vm {}",
+                    if self.paused { "paused" } else { "resumed" }
+                );
+                flush_stdout();
+                (204, None, After::Nothing)
+            }
+            ("PUT", "/snapshot/create") => self.snapshot_create(body),
+            ("PUT", "/snapshot/load") => self.snapshot_load(body),
             ("PUT", p) if self.started && p != "/actions" => {
                 fault("The requested operation is not supported after starting the microVM.")
+            }
+            ("PUT", "/machine-config") => {
+                self.vm.mem_size_mib = body
+                    .get("mem_size_mib")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(128);
+                (204, None, After::Nothing)
+            }
+            ("PUT", "/vsock") => {
+                self.vm.vsock_uds = body
+                    .get("uds_path")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string);
+                (204, None, After::Nothing)
+            }
+            ("PUT", p) if p.starts_with("/drives/") => {
+                if let (Some(id), Some(path)) = (
+                    body.get("drive_id").and_then(|v| v.as_str()),
+                    body.get("path_on_host").and_then(|v| v.as_str()),
+                ) {
+                    self.vm.drives.insert(id.into(), path.into());
+                }
+                (204, None, After::Nothing)
+            }
+            ("PUT", p) if p.starts_with("/network-interfaces/") => {
+                if let (Some(id), Some(tap)) = (
+                    body.get("iface_id").and_then(|v| v.as_str()),
+                    body.get("host_dev_name").and_then(|v| v.as_str()),
+                ) {
+                    self.vm.ifaces.insert(id.into(), tap.into());
+                }
+                (204, None, After::Nothing)
             }
             ("PUT", "/boot-source") => {
                 self.have_boot_source = true;
                 (204, None, After::Nothing)
             }
-            (
-                "PUT",
-                "/logger" | "/metrics" | "/machine-config" | "/vsock" | "/entropy" | "/serial",
-            ) => (204, None, After::Nothing),
-            ("PUT", p) if p.starts_with("/drives/") || p.starts_with("/network-interfaces/") => {
-                (204, None, After::Nothing)
-            }
+            ("PUT", "/logger" | "/metrics" | "/entropy" | "/serial") => (204, None, After::Nothing),
             _ => fault("Invalid request method and/or path."),
         }
+    }
+}
+
+type Reply = (u16, Option<serde_json::Value>, After);
+
+fn fault_reply(msg: String) -> Reply {
+    (
+        400,
+        Some(serde_json::json!({ "fault_message": msg })),
+        After::Nothing,
+    )
+}
+
+impl Server {
+    fn snapshot_create(&mut self, body: &serde_json::Value) -> Reply {
+        if !self.started || !self.paused {
+            return fault_reply("Cannot create a snapshot: the microVM is not paused.".into());
+        }
+        let field = |k: &str| body.get(k).and_then(|v| v.as_str()).map(PathBuf::from);
+        let (Some(state), Some(mem)) = (field("snapshot_path"), field("mem_file_path")) else {
+            return fault_reply("snapshot_path and mem_file_path are required.".into());
+        };
+        self.vm.fake_vmstate = 1;
+        let text = serde_json::to_vec(&self.vm).unwrap_or_default();
+        let written = std::fs::write(&state, text).and_then(|()| {
+            let f = std::fs::File::create(&mem)?;
+            f.set_len(self.vm.mem_size_mib << 20)
+        });
+        match written {
+            Ok(()) => (204, None, After::Nothing),
+            Err(e) => fault_reply(format!("Cannot write the snapshot: {e}")),
+        }
+    }
+
+    fn snapshot_load(&mut self, body: &serde_json::Value) -> Reply {
+        if self.started || self.have_boot_source {
+            return fault_reply(
+                "Loading a microVM snapshot not allowed after configuring boot-specific resources."
+                    .into(),
+            );
+        }
+        let path = body
+            .get("snapshot_path")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let vm: FakeVmState = match std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            Some(vm) => vm,
+            None => {
+                return fault_reply(format!(
+                    "Load snapshot error: Cannot deserialize the microVM state from {path}."
+                ));
+            }
+        };
+        let mem = &body["mem_backend"];
+        if mem["backend_type"] != "File" {
+            return fault_reply("The fake supports only the File memory backend.".into());
+        }
+        let mem_path = mem["backend_path"].as_str().unwrap_or("");
+        let mem_len = std::fs::metadata(mem_path).map(|m| m.len()).ok();
+        if mem_len != Some(vm.mem_size_mib << 20) {
+            return fault_reply(format!(
+                "Load snapshot error: memory file {mem_path} has {mem_len:?} bytes, expected {}.",
+                vm.mem_size_mib << 20
+            ));
+        }
+        for (id, p) in &vm.drives {
+            if !Path::new(p).is_file() {
+                return fault_reply(format!(
+                    "Load snapshot error: drive {id}: cannot open {p}: No such file or directory."
+                ));
+            }
+        }
+        let mut vm = vm;
+        for o in body["network_overrides"].as_array().into_iter().flatten() {
+            let id = o["iface_id"].as_str().unwrap_or("");
+            match vm.ifaces.get_mut(id) {
+                Some(tap) => *tap = o["host_dev_name"].as_str().unwrap_or("").to_string(),
+                None => {
+                    return fault_reply(format!("Invalid network override: no interface {id}."));
+                }
+            }
+        }
+        if let Some(uds) = body["vsock_override"]["uds_path"].as_str() {
+            if vm.vsock_uds.is_none() {
+                return fault_reply(
+                    "Invalid vsock override: the snapshot has no vsock device.".into(),
+                );
+            }
+            vm.vsock_uds = Some(uds.to_string());
+        }
+        println!(
+            "fake-firecracker: snapshot loaded (drives {:?}, interfaces {:?}, vsock {:?})",
+            vm.drives, vm.ifaces, vm.vsock_uds
+        );
+        flush_stdout();
+        self.vm = vm;
+        self.started = true;
+        self.paused = body["resume_vm"].as_bool() != Some(true);
+        (204, None, After::Nothing)
     }
 }
 
