@@ -60,14 +60,33 @@ fn check_store_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Image names that are also the daemon's action paths under `/v1/images/`
+/// (`POST /v1/images/build`): an image of that name could not be shown or
+/// deleted.
+const RESERVED_IMAGE_NAMES: &[&str] = &["build", "register", "pull", "bundle", "oci-pull"];
+/// The same for `/v1/kernels/`.
+const RESERVED_KERNEL_NAMES: &[&str] = &["register"];
+
+const RESERVED: &str = "it is reserved for one of banger's commands";
+
 /// Checks an image name (a local store name, not an OCI reference).
 pub fn validate_image_name(name: &str) -> Result<(), NameError> {
-    check_store_name(name).map_err(|why| NameError::Image(name.to_string(), why))
+    check_store_name(name)
+        .and_then(|()| match RESERVED_IMAGE_NAMES.contains(&name) {
+            true => Err(RESERVED),
+            false => Ok(()),
+        })
+        .map_err(|why| NameError::Image(name.to_string(), why))
 }
 
 /// Checks a kernel name.
 pub fn validate_kernel_name(name: &str) -> Result<(), NameError> {
-    check_store_name(name).map_err(|why| NameError::Kernel(name.to_string(), why))
+    check_store_name(name)
+        .and_then(|()| match RESERVED_KERNEL_NAMES.contains(&name) {
+            true => Err(RESERVED),
+            false => Ok(()),
+        })
+        .map_err(|why| NameError::Kernel(name.to_string(), why))
 }
 
 const ADJECTIVES: &[&str] = &[
@@ -122,6 +141,15 @@ mod tests {
         assert!(validate_image_name(".hidden").is_err());
         assert!(validate_image_name("a/b").is_err());
         assert!(validate_image_name("..").is_err());
+        assert!(validate_image_name("i6?").is_err());
+        // names that are the daemon's own action paths
+        assert_eq!(
+            validate_image_name("build"),
+            Err(NameError::Image("build".into(), RESERVED))
+        );
+        assert!(validate_image_name("builder").is_ok());
+        assert!(validate_kernel_name("register").is_err());
+        assert!(validate_kernel_name("build").is_ok());
     }
 
     proptest! {

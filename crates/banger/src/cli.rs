@@ -15,8 +15,11 @@ Examples:
   banger vm run ./repo -- make test    run a command, exit with its status
   banger vm run --rm -- ./script.sh    ephemeral: the VM is deleted on exit
 
-Config: ~/.config/banger/config.toml (see `banger config show`).
-Daemon socket: /run/banger/bangerd.sock (override with --socket or BANGER_SOCKET).";
+Global option (accepted after any command):
+  --socket <PATH>  bangerd's API socket; default $BANGER_SOCKET if set and not
+                   empty, else /run/banger/bangerd.sock
+
+Config: ~/.config/banger/config.toml (see `banger config show`).";
 
 /// One-command development sandboxes on Firecracker microVMs.
 ///
@@ -26,7 +29,10 @@ Daemon socket: /run/banger/bangerd.sock (override with --socket or BANGER_SOCKET
 #[command(name = "banger", version, after_help = AFTER_HELP, propagate_version = true)]
 pub struct Cli {
     /// Path of bangerd's API socket.
-    #[arg(long, global = true, env = "BANGER_SOCKET", value_name = "PATH")]
+    // Not clap's `env`: an empty BANGER_SOCKET must mean unset, and clap
+    // would refuse it for every command (`completion` included). Accepted
+    // after any subcommand; described once, in AFTER_HELP.
+    #[arg(long, global = true, value_name = "PATH", hide = true)]
     pub socket: Option<PathBuf>,
 
     #[command(subcommand)]

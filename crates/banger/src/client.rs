@@ -1,4 +1,7 @@
-//! The CLI's HTTP/1.1 client for the daemon's Unix socket.
+//! The CLI's HTTP/1.1 client for the daemon's Unix socket. Every wait is
+//! bounded: a daemon that accepts a connection and never answers makes the
+//! command fail with a message, not hang ([`answer_bound`] says how long
+//! each request may take).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,12 +31,89 @@ pub enum ClientError {
         theirs: u32,
         ours: u32,
     },
+    #[error(
+        "permission denied opening bangerd's socket {socket}{detail}.\n\
+         bangerd serves one owner user: run banger as that user (the --owner given to \
+         `banger system install`), reinstall with `sudo banger system install --owner \"$USER\"`, \
+         or point --socket / BANGER_SOCKET at a daemon you own"
+    )]
+    PermissionDenied { socket: PathBuf, detail: String },
+    #[error(
+        "bangerd at {socket} accepted the connection but sent no answer to {what} within {}s; \
+         it may be stuck or overloaded: see its log (`journalctl -u bangerd`, or the terminal \
+         running `banger system run`), then restart it (`sudo banger system restart`)",
+        waited.as_secs()
+    )]
+    NoAnswer {
+        socket: PathBuf,
+        what: String,
+        waited: Duration,
+    },
     #[error("{0}")]
     Api(ApiError),
     #[error("talking to bangerd at {socket}: {detail}")]
     Transport { socket: PathBuf, detail: String },
     #[error("bangerd sent an answer this banger cannot read ({status}): {detail}")]
     BadAnswer { status: StatusCode, detail: String },
+}
+
+/// How long an ordinary request (list, show, version) may go unanswered.
+pub const QUICK: Duration = Duration::from_secs(20);
+
+/// The longest a request may wait for its answer: quick for queries, long
+/// for work the daemon does before it answers (builds, copies, boots). For
+/// streamed answers (pulls, `logs --follow`) it bounds the wait for the
+/// answer to start, not the stream.
+pub fn answer_bound(method: &Method, path: &str) -> Duration {
+    const MIN: u64 = 60;
+    let route = path.split('?').next().unwrap_or(path);
+    let mins = |m: u64| Duration::from_secs(m * MIN);
+    if *method == Method::POST {
+        match route {
+            "/v1/images/build" => return mins(180),
+            "/v1/images/register" | "/v1/kernels/register" | "/v1/images/bundle" => {
+                return mins(60);
+            }
+            "/v1/vms" => return mins(15),
+            _ => {}
+        }
+        if ["/start", "/stop", "/restart", "/ready"]
+            .iter()
+            .any(|a| route.starts_with("/v1/vms/") && route.ends_with(a))
+        {
+            return mins(15);
+        }
+    }
+    if *method == Method::DELETE {
+        return mins(10);
+    }
+    QUICK
+}
+
+/// Why the socket could not be opened, with the owner and mode when the
+/// kernel said "permission denied".
+fn connect_error(socket: &Path, e: std::io::Error) -> ClientError {
+    if e.kind() != std::io::ErrorKind::PermissionDenied {
+        return ClientError::DaemonDown {
+            socket: socket.to_path_buf(),
+            reason: e.to_string(),
+        };
+    }
+    use std::os::unix::fs::MetadataExt;
+    let detail = match std::fs::metadata(socket) {
+        Ok(m) => format!(
+            " (owned by uid {}, mode {:04o}; you are uid {})",
+            m.uid(),
+            m.mode() & 0o7777,
+            // SAFETY: getuid has no failure mode.
+            unsafe { libc::getuid() }
+        ),
+        Err(_) => " (its directory is not open to you)".to_string(),
+    };
+    ClientError::PermissionDenied {
+        socket: socket.to_path_buf(),
+        detail,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -76,12 +156,26 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Incoming), ClientError> {
+        let bound = answer_bound(&method, path);
+        let what = format!("{method} {}", path.split('?').next().unwrap_or(path));
+        tokio::time::timeout(bound, self.request_unbounded(method, path, body))
+            .await
+            .map_err(|_| ClientError::NoAnswer {
+                socket: self.socket.clone(),
+                what,
+                waited: bound,
+            })?
+    }
+
+    async fn request_unbounded(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Incoming), ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
-            .map_err(|e| ClientError::DaemonDown {
-                socket: self.socket.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| connect_error(&self.socket, e))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.transport(e))?;
@@ -112,10 +206,17 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, ClientError> {
+        let bound = answer_bound(&method, path);
+        let what = format!("{method} {}", path.split('?').next().unwrap_or(path));
         let (status, body) = self.request(method, path, body).await?;
-        let bytes = body
-            .collect()
+        // The whole answer, not only its start, within the same bound.
+        let bytes = tokio::time::timeout(bound, body.collect())
             .await
+            .map_err(|_| ClientError::NoAnswer {
+                socket: self.socket.clone(),
+                what,
+                waited: bound,
+            })?
             .map_err(|e| self.transport(e))?
             .to_bytes();
         if status.is_success() {
@@ -230,7 +331,21 @@ impl Client {
 
     /// Checks that the daemon answers and speaks our API version.
     pub async fn version(&self) -> Result<VersionInfo, ClientError> {
-        let v: VersionInfo = self.get("/v1/version").await?;
+        self.version_within(QUICK).await
+    }
+
+    /// [`Client::version`] with a shorter bound (`doctor`).
+    pub async fn version_within(&self, bound: Duration) -> Result<VersionInfo, ClientError> {
+        let v: VersionInfo = match tokio::time::timeout(bound, self.get("/v1/version")).await {
+            Ok(v) => v?,
+            Err(_) => {
+                return Err(ClientError::NoAnswer {
+                    socket: self.socket.clone(),
+                    what: "GET /v1/version".into(),
+                    waited: bound,
+                });
+            }
+        };
         if v.api_version != API_VERSION {
             return Err(ClientError::VersionMismatch {
                 socket: self.socket.clone(),
@@ -252,5 +367,27 @@ impl Client {
             .await
             .ok()?
             .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_work_gets_long_bounds_queries_quick_ones() {
+        assert_eq!(answer_bound(&Method::GET, "/v1/vms"), QUICK);
+        assert_eq!(
+            answer_bound(&Method::GET, "/v1/vms/a/logs?follow=true"),
+            QUICK
+        );
+        assert_eq!(answer_bound(&Method::POST, "/v1/images/pull"), QUICK);
+        assert!(answer_bound(&Method::POST, "/v1/images/build") >= Duration::from_secs(3600));
+        assert!(
+            answer_bound(&Method::POST, "/v1/vms/a/ready?timeout_secs=300")
+                > Duration::from_secs(300)
+        );
+        assert!(answer_bound(&Method::POST, "/v1/vms/a/stop") > QUICK);
+        assert!(answer_bound(&Method::DELETE, "/v1/vms/a") > QUICK);
     }
 }

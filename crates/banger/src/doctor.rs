@@ -58,11 +58,9 @@ fn check(
     }
 }
 
-pub fn run_checks(
-    config: &Config,
-    home: &Path,
-    daemon: Option<Result<String, String>>,
-) -> DoctorReport {
+/// The host's own checks: nothing here talks to the daemon, so they are
+/// reported even when bangerd hangs ([`daemon_check`] comes after).
+pub fn run_checks(config: &Config, home: &Path) -> DoctorReport {
     use CheckStatus::*;
     let mut checks = Vec::new();
 
@@ -215,24 +213,28 @@ pub fn run_checks(
         false,
     ));
 
-    if let Some(d) = daemon {
-        checks.push(match d {
-            Result::Ok(v) => check("bangerd", Ok, v, None, false),
-            Err(e) => check(
-                "bangerd",
-                Warn,
-                e,
-                Some("sudo banger system install --owner \"$USER\" (systemd hosts) or sudo banger system run (foreground)"),
-                false,
-            ),
-        });
-    }
-
     let ok = !checks.iter().any(|c| c.required && c.status == Fail);
     DoctorReport {
         ok,
         checks,
         vm_defaults: spec,
         vmm: pick,
+    }
+}
+
+/// The `bangerd` line: running (and what it said), or why not. Not
+/// required: the host checks stand on their own.
+pub fn daemon_check(daemon: Result<String, String>) -> Check {
+    match daemon {
+        Result::Ok(v) => check("bangerd", CheckStatus::Ok, v, None, false),
+        Err(e) => check(
+            "bangerd",
+            CheckStatus::Warn,
+            e,
+            Some(
+                "sudo banger system install --owner \"$USER\" (systemd hosts) or sudo banger system run (foreground)",
+            ),
+            false,
+        ),
     }
 }

@@ -428,27 +428,8 @@ fn completion_offers_live_names_only_when_the_daemon_runs() {
     std::fs::create_dir_all(d.state_dir()).expect("state");
     {
         let store = banger_store::Store::open(&d.state_dir().join("state.db")).expect("store");
-        store
-            .insert_kernel(&banger_store::KernelRecord {
-                name: "k-live".into(),
-                version: "6.1".into(),
-                dir: "/nonexistent".into(),
-                has_vmlinux: false,
-                pvh: false,
-                created_at: 1,
-            })
-            .expect("kernel");
-        store
-            .insert_image(&banger_store::ImageRecord {
-                name: "img-live".into(),
-                digest: "sha256:00".into(),
-                kernel: "k-live".into(),
-                size_bytes: 1,
-                origin: "test".into(),
-                dir: "/nonexistent".into(),
-                created_at: 1,
-            })
-            .expect("image");
+        common::seed_kernel(&store, "k-live");
+        common::seed_image(&store, "img-live", "k-live");
         store
             .insert_vm(
                 &seed_vm("vm-live", banger_proto::VmState::Stopped),

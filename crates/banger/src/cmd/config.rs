@@ -22,7 +22,7 @@ pub fn run(c: ConfigCommand) -> anyhow::Result<ExitCode> {
     if j.json {
         output::print_json(&serde_json::json!({ "file": file, "values": rows }))?;
     } else {
-        println!("# config file: {file}");
+        outln!("# config file: {file}")?;
         output::print_table(
             &["KEY", "VALUE", "SOURCE"],
             &rows
@@ -35,7 +35,7 @@ pub fn run(c: ConfigCommand) -> anyhow::Result<ExitCode> {
                     vec![r.key.clone(), v, r.source.to_string()]
                 })
                 .collect::<Vec<_>>(),
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@ use anyhow::bail;
 use banger_core::size::format_size;
 use banger_proto::{ImageInfo, KernelInfo, PullEvent, PullProgress};
 
+use crate::api_path;
 use crate::cli::{ImageCommand, KernelCommand};
 use crate::client::{Client, ClientError};
 use crate::output;
@@ -50,9 +51,9 @@ pub async fn run_image(client: &Client, c: ImageCommand) -> anyhow::Result<ExitC
             if j.json {
                 output::print_json(&images)?;
             } else if images.is_empty() {
-                println!(
+                outln!(
                     "No images. Fetch one with `banger image pull debian-bookworm` or build it with `banger image build`."
-                );
+                )?;
             } else {
                 output::print_table(
                     &["NAME", "DIGEST", "KERNEL", "SIZE", "ORIGIN", "CREATED"],
@@ -69,15 +70,15 @@ pub async fn run_image(client: &Client, c: ImageCommand) -> anyhow::Result<ExitC
                             ]
                         })
                         .collect::<Vec<_>>(),
-                );
+                )?;
             }
         }
         ImageCommand::Show(a) => {
-            let i: ImageInfo = client.get(&format!("/v1/images/{}", a.name)).await?;
+            let i: ImageInfo = client.get(&api_path::image(&a.name)?).await?;
             if a.json.json {
                 output::print_json(&i)?;
             } else {
-                println!(
+                outln!(
                     "name     {}\ndigest   {}\nkernel   {}\nsize     {}\norigin   {}\ncreated  {}",
                     i.name,
                     i.digest,
@@ -85,12 +86,12 @@ pub async fn run_image(client: &Client, c: ImageCommand) -> anyhow::Result<ExitC
                     format_size(i.size_bytes),
                     i.origin,
                     output::age(i.created_at)
-                );
+                )?;
             }
         }
         ImageCommand::Delete(n) => {
-            let i: ImageInfo = client.delete(&format!("/v1/images/{}", n.name)).await?;
-            println!("deleted image {}", i.name);
+            let i: ImageInfo = client.delete(&api_path::image(&n.name)?).await?;
+            outln!("deleted image {}", i.name)?;
         }
         ImageCommand::Pull(a) => {
             if oci_reference_error(&a.reference).is_some() {
@@ -101,12 +102,12 @@ pub async fn run_image(client: &Client, c: ImageCommand) -> anyhow::Result<ExitC
                 Err(PullError::Client(e)) => return Err(e.into()),
                 Err(PullError::Failed { message, .. }) => bail!(message),
             };
-            println!(
+            outln!(
                 "pulled image {} ({}, {})",
                 i.name,
                 short_digest(&i.digest),
                 format_size(i.size_bytes)
-            );
+            )?;
         }
         ImageCommand::Build(a) => {
             let profile = match a.profile {
@@ -127,12 +128,12 @@ pub async fn run_image(client: &Client, c: ImageCommand) -> anyhow::Result<ExitC
                     },
                 )
                 .await?;
-            println!(
+            outln!(
                 "built image {} ({}, {})",
                 i.name,
                 short_digest(&i.digest),
                 format_size(i.size_bytes)
-            );
+            )?;
         }
         ImageCommand::Register(a) => {
             let rootfs = absolute(&a.rootfs)?;
@@ -146,7 +147,7 @@ pub async fn run_image(client: &Client, c: ImageCommand) -> anyhow::Result<ExitC
                     },
                 )
                 .await?;
-            println!("registered image {} ({})", i.name, short_digest(&i.digest));
+            outln!("registered image {} ({})", i.name, short_digest(&i.digest))?;
         }
         ImageCommand::Bundle(a) => {
             // The daemon reads the key and writes the bundle: on a systemd
@@ -167,7 +168,7 @@ pub async fn run_image(client: &Client, c: ImageCommand) -> anyhow::Result<ExitC
                     },
                 )
                 .await?;
-            println!(
+            outln!(
                 "bundle written to {} ({})\n\nPublish that directory at a URL and add this catalog entry:\n{}",
                 b.dir,
                 format_size(b.size_bytes),
@@ -177,16 +178,16 @@ pub async fn run_image(client: &Client, c: ImageCommand) -> anyhow::Result<ExitC
                     "manifest_sha256": b.manifest_sha256,
                     "public_key": b.public_key,
                 }))?
-            );
+            )?;
         }
         ImageCommand::Keygen { secret, public } => {
             let vk = banger_image::bundle::generate_key(&secret, &public)?;
-            println!(
+            outln!(
                 "secret key: {} (keep it private)\npublic key: {} = {}",
                 secret.display(),
                 public.display(),
                 banger_image::bundle::public_key_base64(&vk)
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -199,9 +200,9 @@ pub async fn run_kernel(client: &Client, c: KernelCommand) -> anyhow::Result<Exi
             if j.json {
                 output::print_json(&ks)?;
             } else if ks.is_empty() {
-                println!(
+                outln!(
                     "No kernels. They come with images (`banger image pull`), or `banger kernel register`."
-                );
+                )?;
             } else {
                 output::print_table(
                     &["NAME", "VERSION", "VMLINUX", "PVH", "CREATED"],
@@ -216,12 +217,12 @@ pub async fn run_kernel(client: &Client, c: KernelCommand) -> anyhow::Result<Exi
                             ]
                         })
                         .collect::<Vec<_>>(),
-                );
+                )?;
             }
         }
         KernelCommand::Delete(n) => {
-            let k: KernelInfo = client.delete(&format!("/v1/kernels/{}", n.name)).await?;
-            println!("deleted kernel {}", k.name);
+            let k: KernelInfo = client.delete(&api_path::kernel(&n.name)?).await?;
+            outln!("deleted kernel {}", k.name)?;
         }
         KernelCommand::Pull(_) => bail!("`banger kernel pull` is not available in this build yet"),
         KernelCommand::Register(a) => {
@@ -235,11 +236,11 @@ pub async fn run_kernel(client: &Client, c: KernelCommand) -> anyhow::Result<Exi
                     },
                 )
                 .await?;
-            println!(
+            outln!(
                 "registered kernel {} (vmlinux: {})",
                 k.name,
                 if k.has_vmlinux { "yes" } else { "no" }
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -36,9 +36,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
-    f: F,
-) -> anyhow::Result<ExitCode> {
+pub fn block_on<T, F: std::future::Future<Output = anyhow::Result<T>>>(f: F) -> anyhow::Result<T> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -61,11 +59,35 @@ pub fn home() -> anyhow::Result<std::path::PathBuf> {
     banger_core::host::home_dir().context("cannot find your home directory: set $HOME")
 }
 
+/// How long `doctor` waits for the daemon's version answer.
+const DOCTOR_DAEMON_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn print_check(c: &banger_proto::Check) -> std::io::Result<()> {
+    let mark = match c.status {
+        banger_proto::CheckStatus::Ok => output::green("ok  "),
+        banger_proto::CheckStatus::Warn => output::yellow("warn"),
+        banger_proto::CheckStatus::Fail => output::red("FAIL"),
+    };
+    outln!("{mark}  {:<18} {}", c.name, c.detail)?;
+    if let Some(fix) = &c.fix {
+        outln!("      {:<18} fix: {fix}", "")?;
+    }
+    Ok(())
+}
+
+/// `banger doctor`: the host's own checks first (printed at once), then a
+/// bounded question to the daemon, so a hung bangerd cannot hide them.
 fn doctor(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
     let config = load_config()?;
     let home = home()?;
-    let daemon = block_on_value(async {
-        match client.version().await {
+    let mut report = crate::doctor::run_checks(&config, &home);
+    if !json {
+        for c in &report.checks {
+            print_check(c)?;
+        }
+    }
+    let daemon = block_on(async {
+        Ok(match client.version_within(DOCTOR_DAEMON_WAIT).await {
             Ok(v) => Ok(format!(
                 "running (pid {}, version {}) at {}",
                 v.pid,
@@ -73,33 +95,25 @@ fn doctor(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
                 client.socket().display()
             )),
             Err(e) => Err(e.to_string().lines().next().unwrap_or_default().to_string()),
-        }
-    });
-    let report = crate::doctor::run_checks(&config, &home, Some(daemon));
+        })
+    })?;
+    report.checks.push(crate::doctor::daemon_check(daemon));
     if json {
         output::print_json(&report)?;
     } else {
-        for c in &report.checks {
-            let mark = match c.status {
-                banger_proto::CheckStatus::Ok => output::green("ok  "),
-                banger_proto::CheckStatus::Warn => output::yellow("warn"),
-                banger_proto::CheckStatus::Fail => output::red("FAIL"),
-            };
-            println!("{mark}  {:<18} {}", c.name, c.detail);
-            if let Some(fix) = &c.fix {
-                println!("      {:<18} fix: {fix}", "");
-            }
+        if let Some(c) = report.checks.last() {
+            print_check(c)?;
         }
-        println!();
+        outln!()?;
         match &report.vmm.driver {
-            Some(d) => println!("VMM: {d} — {}", report.vmm.reason),
-            None => println!("VMM: none usable — {}", report.vmm.reason),
+            Some(d) => outln!("VMM: {d} — {}", report.vmm.reason)?,
+            None => outln!("VMM: none usable — {}", report.vmm.reason)?,
         }
         if !report.ok {
-            println!(
+            outln!(
                 "{}",
                 output::red("Some required checks failed; see the fixes above.")
-            );
+            )?;
         }
     }
     Ok(if report.ok {
@@ -107,14 +121,4 @@ fn doctor(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-fn block_on_value<T>(f: impl std::future::Future<Output = T>) -> T {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt.block_on(f),
-        Err(e) => panic!("cannot start the async runtime: {e}"),
-    }
 }

@@ -211,12 +211,12 @@ pub(crate) async fn run_pull(
 ) -> anyhow::Result<ExitCode> {
     let p = pull(client, reference, name, false).await?;
     let verb = if p.pulled { "pulled" } else { "up to date:" };
-    println!(
+    outln!(
         "{verb} image {} ({}, {})",
         p.image.name,
         p.image.origin,
         mib(p.image.size_bytes)
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

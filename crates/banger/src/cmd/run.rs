@@ -10,6 +10,7 @@ use banger_agent::client::AgentClient;
 use banger_proto::agent::{ExecRequest, TtySize};
 use banger_proto::{CreateVmResponse, ErrorKind, ImageInfo, VmInfo};
 
+use crate::api_path;
 use crate::cli::{VmExecArgs, VmLogsArgs, VmRunArgs, VmSshArgs};
 use crate::client::{Client, ClientError};
 use crate::cmd::{ssh, vm};
@@ -38,7 +39,7 @@ impl Phases {
     }
     fn begin(&mut self, what: &str) {
         if self.show {
-            eprintln!("{} {what}…", crate::output::paint("▸", "36"));
+            eprintln!("{} {what}…", crate::output::paint_err("▸", "36"));
         }
         self.last = Instant::now();
     }
@@ -59,7 +60,7 @@ impl Phases {
 }
 
 async fn ensure_image(client: &Client, name: &str, phases: &mut Phases) -> anyhow::Result<()> {
-    match client.get::<ImageInfo>(&format!("/v1/images/{name}")).await {
+    match client.get::<ImageInfo>(&api_path::image(name)?).await {
         Ok(_) => return Ok(()),
         Err(ClientError::Api(e)) if e.kind == ErrorKind::NotFound => {}
         Err(e) => return Err(e.into()),
@@ -194,7 +195,7 @@ pub async fn vm_run(client: &Client, a: VmRunArgs) -> anyhow::Result<ExitCode> {
     if a.dry_run {
         if let Some((_, _, files)) = &workspace {
             for f in files {
-                println!("{f}");
+                outln!("{f}")?;
             }
             eprintln!(
                 "{} files would be copied; no VM was created (--dry-run)",
@@ -231,13 +232,16 @@ pub async fn vm_run(client: &Client, a: VmRunArgs) -> anyhow::Result<ExitCode> {
         _ = tokio::signal::ctrl_c() => {
             // The daemon finishes or rolls back the create on its own; under
             // --rm, delete whatever it made.
-            if a.rm && let Some(name) = &req.name {
-                let _ = client.delete::<VmInfo>(&format!("/v1/vms/{name}")).await;
+            if a.rm
+                && let Some(name) = &req.name
+                && let Ok(path) = api_path::vm(name)
+            {
+                let _ = client.delete::<VmInfo>(&path).await;
             }
             bail!("interrupted while creating the VM");
         }
     };
-    println!("{}", vm::spec_line(&created.spec));
+    outln!("{}", vm::spec_line(&created.spec))?;
     let name = created.vm.name.clone();
     eprintln!(
         "banger: VM {name} ({}) is starting",
@@ -257,7 +261,7 @@ pub async fn vm_run(client: &Client, a: VmRunArgs) -> anyhow::Result<ExitCode> {
     .await;
     let delete = a.rm && !matches!(&result, Err(RunError::NotReady(_)));
     if delete {
-        match client.delete::<VmInfo>(&format!("/v1/vms/{name}")).await {
+        match client.delete::<VmInfo>(&api_path::vm(&name)?).await {
             Ok(_) => eprintln!("banger: deleted VM {name} (--rm)"),
             Err(e) => eprintln!("banger: warning: could not delete VM {name}: {e}"),
         }
@@ -303,7 +307,10 @@ async fn run_in_vm(
     phases: &mut Phases,
 ) -> Result<i32, RunError> {
     phases.begin("waiting for the guest to boot");
-    let ready_path = format!("/v1/vms/{name}/ready?timeout_secs={READY_SECS}");
+    let ready_path = format!(
+        "{}?timeout_secs={READY_SECS}",
+        api_path::vm_action(name, "ready")?
+    );
     let ready = tokio::select! {
         r = client.post::<_, VmInfo>(&ready_path, &()) => r,
         _ = tokio::signal::ctrl_c() => return Err(RunError::Other(anyhow::anyhow!("interrupted while the guest was booting"))),
@@ -490,7 +497,7 @@ fn terminal_size() -> TtySize {
 /// The VM, once it is running and its guest has come up (a VM started a
 /// moment ago is still booting).
 pub(crate) async fn wait_running(client: &Client, name: &str) -> anyhow::Result<VmInfo> {
-    let vm: VmInfo = client.get(&format!("/v1/vms/{name}")).await?;
+    let vm: VmInfo = client.get(&api_path::vm(name)?).await?;
     if vm.state != banger_proto::VmState::Running {
         bail!(
             "VM {} is {}; start it with `banger vm start {}`",
@@ -502,7 +509,10 @@ pub(crate) async fn wait_running(client: &Client, name: &str) -> anyhow::Result<
     if vm.agent_ready {
         return Ok(vm);
     }
-    let path = format!("/v1/vms/{name}/ready?timeout_secs={READY_SECS}");
+    let path = format!(
+        "{}?timeout_secs={READY_SECS}",
+        api_path::vm_action(name, "ready")?
+    );
     client
         .post::<_, VmInfo>(&path, &())
         .await
@@ -543,13 +553,18 @@ pub async fn vm_logs(client: &Client, a: VmLogsArgs) -> anyhow::Result<ExitCode>
     use tokio::io::AsyncWriteExt;
     let mut out = tokio::io::stdout();
     if !a.follow {
-        let bytes = client.get_raw(&format!("/v1/vms/{}/logs", a.name)).await?;
+        let bytes = client
+            .get_raw(&api_path::vm_action(&a.name, "logs")?)
+            .await?;
         out.write_all(&bytes).await?;
         out.flush().await?;
         return Ok(ExitCode::SUCCESS);
     }
     client
-        .stream(&format!("/v1/vms/{}/logs?follow=true", a.name), &mut out)
+        .stream(
+            &format!("{}?follow=true", api_path::vm_action(&a.name, "logs")?),
+            &mut out,
+        )
         .await?;
     Ok(ExitCode::SUCCESS)
 }

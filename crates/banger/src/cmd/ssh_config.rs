@@ -108,18 +108,18 @@ pub fn run(a: SshConfigArgs) -> anyhow::Result<ExitCode> {
     let path = home.join(".ssh/config");
     if a.install {
         if install(&path)? {
-            println!("added `{INCLUDE}` to {}", path.display());
+            outln!("added `{INCLUDE}` to {}", path.display())?;
         } else {
-            println!("{} already includes banger's ssh_config", path.display());
+            outln!("{} already includes banger's ssh_config", path.display())?;
         }
     } else if a.uninstall {
         if uninstall(&path)? {
-            println!("removed banger's block from {}", path.display());
+            outln!("removed banger's block from {}", path.display())?;
         } else {
-            println!("{} has no banger block; nothing to do", path.display());
+            outln!("{} has no banger block; nothing to do", path.display())?;
         }
     } else {
-        println!("{INCLUDE}");
+        outln!("{INCLUDE}")?;
         eprintln!(
             "Put that line at the top of {} (or run `banger ssh-config --install`) so `ssh <name>.vm` works.",
             path.display()

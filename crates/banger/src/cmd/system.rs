@@ -19,19 +19,20 @@ pub fn run(c: SystemCommand) -> anyhow::Result<ExitCode> {
             let opts = InstallOptions::new(a.owner);
             let report = banger_system::install(&opts, &systemctl, &facts)?;
             if report.upgraded {
-                println!(
+                outln!(
                     "upgraded banger {} → {} for owner {}",
                     report.previous_version.as_deref().unwrap_or("?"),
                     report.metadata.version,
                     report.metadata.owner
-                );
+                )?;
             } else {
-                println!(
+                outln!(
                     "installed banger {} for owner {}",
-                    report.metadata.version, report.metadata.owner
-                );
+                    report.metadata.version,
+                    report.metadata.owner
+                )?;
             }
-            println!("both services are running; try `banger doctor`, then `banger vm run`");
+            outln!("both services are running; try `banger doctor`, then `banger vm run`")?;
         }
         SystemCommand::Status(j) => {
             let st = banger_system::status(&Layout::host(), &systemctl, &facts);
@@ -53,7 +54,7 @@ pub fn run(c: SystemCommand) -> anyhow::Result<ExitCode> {
                 &facts,
                 std::time::Duration::from_secs(30),
             )?;
-            println!("restarted bangerd-root and bangerd; running VMs were kept");
+            outln!("restarted bangerd-root and bangerd; running VMs were kept")?;
         }
         SystemCommand::Uninstall(a) => {
             let report = banger_system::uninstall(
@@ -68,10 +69,10 @@ pub fn run(c: SystemCommand) -> anyhow::Result<ExitCode> {
                 eprintln!("warning: {w}");
             }
             for r in &report.removed {
-                println!("removed {}", r.display());
+                outln!("removed {}", r.display())?;
             }
             for k in &report.kept {
-                println!("kept {}", k.display());
+                outln!("kept {}", k.display())?;
             }
         }
         SystemCommand::Run(a) => return run_foreground(a, &facts),

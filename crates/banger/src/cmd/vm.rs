@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use banger_core::size::{format_size, parse_size};
 use banger_proto::{CreateVmRequest, CreateVmResponse, VmInfo, VmSpec};
 
+use crate::api_path;
 use crate::cli::{VmCommand, VmShape};
 use crate::client::Client;
 use crate::output;
@@ -73,7 +74,7 @@ fn vm_rows(vms: &[VmInfo]) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn print_vm(v: &VmInfo) {
+fn print_vm(v: &VmInfo) -> std::io::Result<()> {
     let rows = [
         ("name", v.name.clone()),
         ("state", v.state.to_string()),
@@ -101,8 +102,9 @@ fn print_vm(v: &VmInfo) {
         ("created", output::age(v.created_at)),
     ];
     for (k, val) in rows {
-        println!("{k:<9} {val}");
+        outln!("{k:<9} {val}")?;
     }
+    Ok(())
 }
 
 pub async fn run(client: &Client, c: VmCommand) -> anyhow::Result<ExitCode> {
@@ -112,22 +114,22 @@ pub async fn run(client: &Client, c: VmCommand) -> anyhow::Result<ExitCode> {
             if j.json {
                 output::print_json(&vms)?;
             } else if vms.is_empty() {
-                println!("No VMs. Create one with `banger vm run`.");
+                outln!("No VMs. Create one with `banger vm run`.")?;
             } else {
                 output::print_table(
                     &[
                         "NAME", "STATE", "IMAGE", "IP", "VCPU", "MEMORY", "DISK", "VMM", "CREATED",
                     ],
                     &vm_rows(&vms),
-                );
+                )?;
             }
         }
         VmCommand::Show(a) => {
-            let vm: VmInfo = client.get(&format!("/v1/vms/{}", a.name)).await?;
+            let vm: VmInfo = client.get(&api_path::vm(&a.name)?).await?;
             if a.json.json {
                 output::print_json(&vm)?;
             } else {
-                print_vm(&vm);
+                print_vm(&vm)?;
             }
         }
         VmCommand::Create(a) => {
@@ -139,31 +141,31 @@ pub async fn run(client: &Client, c: VmCommand) -> anyhow::Result<ExitCode> {
             if a.json.json {
                 output::print_json(&resp)?;
             } else {
-                println!("{}", spec_line(&resp.spec));
-                println!("created {} ({})", resp.vm.name, resp.vm.state);
+                outln!("{}", spec_line(&resp.spec))?;
+                outln!("created {} ({})", resp.vm.name, resp.vm.state)?;
             }
         }
         VmCommand::Start(n) => {
             let vm: VmInfo = client
-                .post(&format!("/v1/vms/{}/start", n.name), &())
+                .post(&api_path::vm_action(&n.name, "start")?, &())
                 .await?;
-            println!("{} {}", vm.name, vm.state);
+            outln!("{} {}", vm.name, vm.state)?;
         }
         VmCommand::Stop(n) => {
             let vm: VmInfo = client
-                .post(&format!("/v1/vms/{}/stop", n.name), &())
+                .post(&api_path::vm_action(&n.name, "stop")?, &())
                 .await?;
-            println!("{} {}", vm.name, vm.state);
+            outln!("{} {}", vm.name, vm.state)?;
         }
         VmCommand::Restart(n) => {
             let vm: VmInfo = client
-                .post(&format!("/v1/vms/{}/restart", n.name), &())
+                .post(&api_path::vm_action(&n.name, "restart")?, &())
                 .await?;
-            println!("{} {}", vm.name, vm.state);
+            outln!("{} {}", vm.name, vm.state)?;
         }
         VmCommand::Delete(n) => {
-            let vm: VmInfo = client.delete(&format!("/v1/vms/{}", n.name)).await?;
-            println!("deleted {}", vm.name);
+            let vm: VmInfo = client.delete(&api_path::vm(&n.name)?).await?;
+            outln!("deleted {}", vm.name)?;
         }
         VmCommand::Logs(a) => return super::run::vm_logs(client, a).await,
         VmCommand::Run(a) => return super::run::vm_run(client, a).await,

@@ -155,3 +155,32 @@ pub fn raw_http(socket: &Path, request: &[u8]) -> String {
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A kernel row pointing nowhere: enough for listing, naming and deleting.
+pub fn seed_kernel(store: &banger_store::Store, name: &str) {
+    store
+        .insert_kernel(&banger_store::KernelRecord {
+            name: name.into(),
+            version: "6.1".into(),
+            dir: "/nonexistent".into(),
+            has_vmlinux: false,
+            pvh: false,
+            created_at: 1,
+        })
+        .expect("kernel");
+}
+
+/// An image row pointing nowhere, booted by `kernel`.
+pub fn seed_image(store: &banger_store::Store, name: &str, kernel: &str) {
+    store
+        .insert_image(&banger_store::ImageRecord {
+            name: name.into(),
+            digest: "sha256:00".into(),
+            kernel: kernel.into(),
+            size_bytes: 1,
+            origin: "test".into(),
+            dir: "/nonexistent".into(),
+            created_at: 1,
+        })
+        .expect("image");
+}

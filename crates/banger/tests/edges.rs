@@ -1,0 +1,236 @@
+//! The CLI at its edges: names that look like URL syntax, readers that go
+//! away, an empty BANGER_SOCKET, a daemon that never answers, a socket the
+//! user may not open. Real binaries; a real daemon where one is needed.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, banger};
+
+/// Exit code, stdout and stderr of a command that must end within 2 minutes.
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let (code, out, err, _) = run_bounded(cmd, Duration::from_secs(120));
+    (code, out, err)
+}
+
+/// `run`, but a command still running after `limit` is killed and the
+/// test fails (a hung CLI must fail the test, not hang it).
+fn run_bounded(cmd: &mut Command, limit: Duration) -> (i32, String, String, Duration) {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn banger");
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {limit:?}: the CLI hangs");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = started.elapsed();
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        took,
+    )
+}
+
+fn names(d: &Daemon, what: &str) -> Vec<String> {
+    let (code, out, err) = run(d.cli().args([what, "list", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    v.as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|x| x["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn names_are_data_not_url_syntax() {
+    let d = Daemon::prepare();
+    std::fs::create_dir_all(d.state_dir()).expect("state");
+    {
+        let store = banger_store::Store::open(&d.state_dir().join("state.db")).expect("store");
+        common::seed_kernel(&store, "k2");
+        common::seed_image(&store, "i6", "k2");
+    }
+    let d = d.start();
+
+    // `i6?` once meant DELETE /v1/images/i6 with an empty query string.
+    let (code, _, err) = run(d.cli().args(["image", "delete", "i6?"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("invalid image name \"i6?\""), "{err}");
+    assert_eq!(names(&d, "image"), ["i6"], "i6 survives");
+    let (code, _, err) = run(d.cli().args(["image", "show", "i6#frag"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid image name \"i6#frag\""), "{err}");
+
+    let (code, _, err) = run(d.cli().args(["kernel", "delete", "k2?"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("invalid kernel name \"k2?\""), "{err}");
+    assert_eq!(names(&d, "kernel"), ["k2"], "k2 survives");
+
+    // Not "no route GET /v1/vms/" nor "invalid uri character".
+    let (code, _, err) = run(d.cli().args(["vm", "show", ""]));
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid VM name \"\": it is empty"), "{err}");
+    for bad in ["a b", "../x", "a?b"] {
+        let (code, _, err) = run(d.cli().args(["vm", "show", bad]));
+        assert_eq!(code, 1, "{bad}");
+        assert!(
+            err.contains(&format!("invalid VM name {bad:?}")),
+            "{bad}: {err}"
+        );
+        assert!(!err.contains("uri") && !err.contains("route"), "{err}");
+    }
+    // An image may not take a name that is one of the daemon's actions.
+    let (code, _, err) = run(d.cli().args(["image", "show", "build"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("reserved"), "{err}");
+}
+
+/// Runs `cmd` with stdout on a pipe whose reader is already gone: every
+/// write fails with EPIPE, as under `| head -0`.
+fn with_closed_stdout(cmd: &mut Command) -> (Option<i32>, String) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills two fds we own; the read end is closed at once.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    unsafe { libc::close(fds[0]) };
+    // SAFETY: fds[1] is an open fd nothing else owns.
+    let write_end = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
+    let out = cmd
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    let d = Daemon::prepare().start();
+    let cfg = d.root().join("none.toml");
+    for args in [
+        &["config", "show"][..],
+        &["config", "show", "--json"],
+        &["doctor"],
+        &["vm", "list"],
+        &["image", "list"],
+        &["completion", "bash"],
+        &["--help"],
+    ] {
+        let (code, err) = with_closed_stdout(d.cli().args(args).env("BANGER_CONFIG", &cfg));
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            matches!(code, Some(0) | Some(141)),
+            "{args:?} exited {code:?}: {err}"
+        );
+        assert!(!err.contains("error:"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn empty_banger_socket_means_unset() {
+    let (code, out, err) = run(banger()
+        .args(["completion", "bash"])
+        .env("BANGER_SOCKET", ""));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("COMPLETE"));
+    let (code, _, err) = run(banger().args(["vm", "list"]).env("BANGER_SOCKET", ""));
+    assert!(!err.contains("a value is required"), "{err}");
+    if code != 0 {
+        assert!(err.contains("/run/banger/bangerd.sock"), "{err}");
+    }
+    // --socket given once anywhere on the line still wins.
+    let d = Daemon::prepare().start();
+    let (code, out, err) = run(banger()
+        .args(["vm", "list", "--json", "--socket"])
+        .arg(&d.socket)
+        .env("BANGER_SOCKET", ""));
+    assert_eq!((code, out.trim()), (0, "[]"), "{err}");
+}
+
+#[test]
+fn a_daemon_that_never_answers_does_not_hang_the_cli() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sock = dir.path().join("mute.sock");
+    // Bound but never accepted: connect succeeds (the kernel queues it),
+    // and no answer ever comes. A stand-in for a stuck daemon.
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    let cfg = dir.path().join("none.toml");
+
+    let (code, out, err, took) = run_bounded(
+        banger()
+            .args(["vm", "list"])
+            .env("BANGER_SOCKET", &sock)
+            .env("BANGER_CONFIG", &cfg),
+        Duration::from_secs(40),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains("accepted the connection but sent no answer to GET /v1/vms within 20s"),
+        "{err}"
+    );
+    assert!(took >= Duration::from_secs(19), "gave up early: {took:?}");
+
+    // doctor reports the host's checks and says the daemon is mute.
+    let (_, out, err, _) = run_bounded(
+        banger()
+            .arg("doctor")
+            .env("BANGER_SOCKET", &sock)
+            .env("BANGER_CONFIG", &cfg),
+        Duration::from_secs(60),
+    );
+    assert!(out.contains("architecture"), "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("bangerd"))
+        .unwrap_or_else(|| panic!("no bangerd line: {out}"));
+    assert!(
+        line.starts_with("warn") && line.contains("no answer"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_socket_you_may_not_open_is_a_permissions_problem() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let sock = dir.path().join("bangerd.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    let mut cmd = banger();
+    cmd.args(["vm", "list"]).env("BANGER_SOCKET", &sock);
+    // SAFETY: geteuid has no failure mode.
+    if unsafe { libc::geteuid() } == 0 {
+        // root opens anything: ask as nobody, like a user outside the owner.
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        cmd.uid(65534).gid(65534).env("HOME", dir.path());
+    } else {
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    }
+    let (code, _, err) = run(&mut cmd);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("permission denied opening bangerd's socket"),
+        "{err}"
+    );
+    assert!(err.contains("mode 0"), "{err}");
+    assert!(err.contains("--owner"), "{err}");
+    assert!(!err.contains("bangerd is not running"), "{err}");
+}
