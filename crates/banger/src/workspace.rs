@@ -70,16 +70,54 @@ pub fn validate(path: &Path, source: &Source) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn split_nul(bytes: &[u8]) -> Vec<String> {
+/// git's `-z` output as paths, byte for byte: a name that is not UTF-8 or
+/// holds a newline is a name like any other.
+fn split_nul(bytes: &[u8]) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
     bytes
         .split(|b| *b == 0)
         .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .map(|s| PathBuf::from(std::ffi::OsStr::from_bytes(s)))
         .collect()
 }
 
+/// A file name for a person to read, one per line: as is when it is
+/// printable UTF-8, else quoted the way git quotes it (`"a\nb"`,
+/// `"caf\351"` for a Latin-1 name), so a newline in a name cannot pass for two files.
+pub fn display_name(p: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = p.as_os_str().as_bytes();
+    let plain = std::str::from_utf8(bytes)
+        .is_ok_and(|s| !s.chars().any(|c| c.is_control() || c == '"' || c == '\\'));
+    if plain {
+        return p.display().to_string();
+    }
+    let mut out = String::from("\"");
+    for &b in bytes {
+        match b {
+            b'\n' => out.push_str("\\n"),
+            b'\t' => out.push_str("\\t"),
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\{b:03o}")),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// "1 file", "2 files".
+pub fn count_files(n: usize) -> String {
+    if n == 1 {
+        "1 file".into()
+    } else {
+        format!("{n} files")
+    }
+}
+
 /// The exact file list that would be shipped, sorted.
-pub fn list_files(path: &Path, source: &Source) -> anyhow::Result<Vec<String>> {
+pub fn list_files(path: &Path, source: &Source) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = match source {
         Source::WorkingTree { include_untracked } => {
             let mut c = git(path);
@@ -114,7 +152,7 @@ pub fn list_files(path: &Path, source: &Source) -> anyhow::Result<Vec<String>> {
 pub fn write_tar(
     path: &Path,
     source: &Source,
-    files: &[String],
+    files: &[PathBuf],
     out: &mut std::fs::File,
 ) -> anyhow::Result<()> {
     match source {
@@ -162,6 +200,10 @@ mod tests {
         assert!(st.success(), "{args:?}");
     }
 
+    fn paths(names: &[&str]) -> Vec<PathBuf> {
+        names.iter().map(PathBuf::from).collect()
+    }
+
     fn repo() -> tempfile::TempDir {
         let d = tempfile::tempdir().expect("tmp");
         let p = d.path();
@@ -189,14 +231,14 @@ mod tests {
         validate(p, &wt).expect("valid");
         assert_eq!(
             list_files(p, &wt).expect("list"),
-            [".gitignore", "src/lib.rs", "tracked.txt"]
+            paths(&[".gitignore", "src/lib.rs", "tracked.txt"])
         );
         let with = Source::WorkingTree {
             include_untracked: true,
         };
         assert_eq!(
             list_files(p, &with).expect("list"),
-            [".gitignore", "src/lib.rs", "tracked.txt", "untracked.txt"]
+            paths(&[".gitignore", "src/lib.rs", "tracked.txt", "untracked.txt"])
         );
         // a ref ships that commit's tree, not the working tree
         std::fs::write(p.join("later.txt"), "l").expect("w");
@@ -206,7 +248,7 @@ mod tests {
         validate(p, &rev).expect("valid rev");
         assert_eq!(
             list_files(p, &rev).expect("list"),
-            [".gitignore", "src/lib.rs", "tracked.txt"]
+            paths(&[".gitignore", "src/lib.rs", "tracked.txt"])
         );
         let bad = Source::Rev("no-such-branch".into());
         let e = validate(p, &bad).expect_err("bad rev");
@@ -245,18 +287,68 @@ mod tests {
         use std::io::Seek;
         f.rewind().expect("rewind");
         let mut a = tar::Archive::new(f);
-        let mut names: Vec<String> = a
+        let mut names: Vec<PathBuf> = a
             .entries()
             .expect("entries")
-            .map(|e| {
-                e.expect("entry")
-                    .path()
-                    .expect("path")
-                    .display()
-                    .to_string()
-            })
+            .map(|e| e.expect("entry").path().expect("path").into_owned())
             .collect();
         names.sort();
         assert_eq!(names, files);
+    }
+
+    /// Names git stores byte for byte: Latin-1 (not UTF-8) and a newline.
+    fn odd_names() -> [PathBuf; 2] {
+        use std::os::unix::ffi::OsStrExt;
+        [
+            PathBuf::from(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")),
+            PathBuf::from("two\nlines.txt"),
+        ]
+    }
+
+    #[test]
+    fn odd_file_names_round_trip_byte_for_byte() {
+        let r = repo();
+        let p = r.path();
+        let odd = odd_names();
+        for (i, name) in odd.iter().enumerate() {
+            std::fs::write(p.join(name), format!("odd {i}")).expect("write odd name");
+        }
+        sh(p, &["git", "add", "."]);
+        sh(p, &["git", "commit", "-q", "-m", "odd names"]);
+        let wt = Source::WorkingTree {
+            include_untracked: false,
+        };
+        for source in [wt, Source::Rev("HEAD".into())] {
+            let files = list_files(p, &source).expect("list");
+            for name in &odd {
+                assert!(files.contains(name), "{source:?}: {name:?} in {files:?}");
+            }
+            assert_eq!(files.len(), 6, "{files:?}");
+            // Shipped and unpacked with the agent's own extraction rules.
+            let mut f = tempfile::tempfile().expect("tmp");
+            write_tar(p, &source, &files, &mut f).expect("tar");
+            use std::io::Seek;
+            f.rewind().expect("rewind");
+            let out = tempfile::tempdir().expect("out");
+            banger_agent::unpack::unpack_contained(f, out.path()).expect("unpack");
+            for (i, name) in odd.iter().enumerate() {
+                assert_eq!(
+                    std::fs::read_to_string(out.path().join(name)).expect("shipped"),
+                    format!("odd {i}"),
+                    "{source:?}: {name:?}"
+                );
+            }
+        }
+        assert_eq!(display_name(&odd[0]), "\"caf\\351.txt\"");
+        assert_eq!(display_name(&odd[1]), "\"two\\nlines.txt\"");
+        assert_eq!(display_name(Path::new("src/café.rs")), "src/café.rs");
+        assert_eq!(display_name(Path::new("a\"b")), "\"a\\\"b\"");
+    }
+
+    #[test]
+    fn counts_read_right() {
+        assert_eq!(count_files(0), "0 files");
+        assert_eq!(count_files(1), "1 file");
+        assert_eq!(count_files(2), "2 files");
     }
 }

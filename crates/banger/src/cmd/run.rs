@@ -130,7 +130,7 @@ async fn upload_workspace(
     agent: &AgentClient,
     path: &Path,
     source: &Source,
-    files: &[String],
+    files: &[std::path::PathBuf],
     dest: &str,
 ) -> anyhow::Result<()> {
     let mut tmp = tempfile::tempfile().context("cannot create a temporary file")?;
@@ -195,11 +195,11 @@ pub async fn vm_run(client: &Client, a: VmRunArgs) -> anyhow::Result<ExitCode> {
     if a.dry_run {
         if let Some((_, _, files)) = &workspace {
             for f in files {
-                outln!("{f}")?;
+                outln!("{}", workspace::display_name(f))?;
             }
             eprintln!(
-                "{} files would be copied; no VM was created (--dry-run)",
-                files.len()
+                "{} would be copied; no VM was created (--dry-run)",
+                workspace::count_files(files.len())
             );
         }
         return Ok(ExitCode::SUCCESS);
@@ -301,7 +301,7 @@ async fn run_in_vm(
     client: &Client,
     a: &VmRunArgs,
     name: &str,
-    workspace: Option<(std::path::PathBuf, Source, Vec<String>)>,
+    workspace: Option<(std::path::PathBuf, Source, Vec<std::path::PathBuf>)>,
     key: &Path,
     oci: Option<&super::oci::RunConfig>,
     phases: &mut Phases,
@@ -326,7 +326,10 @@ async fn run_in_vm(
     if let Some((path, source, files)) = &workspace {
         let repo = workspace::repo_name(path);
         let dest = format!("/root/{repo}");
-        phases.begin(&format!("copying {} files into {dest}", files.len()));
+        phases.begin(&format!(
+            "copying {} into {dest}",
+            workspace::count_files(files.len())
+        ));
         upload_workspace(&agent, path, source, files, &dest).await?;
         phases.end("sync");
         start_tooling_bootstrap(&agent, &repo).await;
