@@ -344,12 +344,16 @@ impl HostFacts {
     }
 }
 
-/// A row of `banger config show`.
+/// A row of `banger config show`. An unset optional key is `null` in the
+/// value (JSON readers get no placeholder strings); `note` says what that
+/// means for people ("found on PATH").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ShownValue {
     pub key: String,
     pub value: serde_json::Value,
     pub source: Provenance,
+    #[serde(skip)]
+    pub note: Option<&'static str>,
 }
 
 impl Config {
@@ -515,10 +519,16 @@ impl Config {
         use serde_json::json;
         let mut rows = Vec::new();
         let mut push = |key: &str, value: serde_json::Value, source: Provenance| {
+            let note = match (key, &value) {
+                ("firecracker_bin" | "qemu_bin", serde_json::Value::Null) => Some("found on PATH"),
+                ("catalog_file", serde_json::Value::Null) => Some("the embedded catalog"),
+                _ => None,
+            };
             rows.push(ShownValue {
                 key: key.into(),
                 value,
                 source,
+                note,
             })
         };
         let s = self.image_name();
@@ -527,7 +537,7 @@ impl Config {
         push("ssh_key_path", json!(s.value), s.source);
         let opt_path = |p: &Option<AnchoredPath>| match p {
             Some(p) => (json!(p.expand(home)), Provenance::Config),
-            None => (json!("(found on PATH)"), Provenance::BuiltIn),
+            None => (serde_json::Value::Null, Provenance::BuiltIn),
         };
         let (v, src) = opt_path(&self.firecracker_bin);
         push("firecracker_bin", v, src);
@@ -537,7 +547,7 @@ impl Config {
         push("vmm", json!(s.value.to_string()), s.source);
         let (v, src) = match &self.catalog_file {
             Some(p) => (json!(p.expand(home)), Provenance::Config),
-            None => (json!("(embedded catalog)"), Provenance::BuiltIn),
+            None => (serde_json::Value::Null, Provenance::BuiltIn),
         };
         push("catalog_file", v, src);
         push(
@@ -857,6 +867,10 @@ port = 5353
             .find(|r| r.key == "vm_defaults.vcpu")
             .expect("vcpu row");
         assert_eq!(vcpu.source, Provenance::HostHeuristic);
+        // unset optional keys are null, not placeholder strings
+        let qemu = rows.iter().find(|r| r.key == "qemu_bin").expect("qemu row");
+        assert_eq!(qemu.value, serde_json::Value::Null);
+        assert_eq!(qemu.note, Some("found on PATH"));
     }
 
     #[test]

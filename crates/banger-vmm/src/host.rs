@@ -398,6 +398,16 @@ pub enum TscSource {
     Measured,
 }
 
+impl std::fmt::Display for TscSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TscSource::Sysfs => "sysfs tsc_freq_khz",
+            TscSource::KernelLog => "the kernel log",
+            TscSource::Measured => "a measurement against the monotonic clock",
+        })
+    }
+}
+
 /// The host TSC frequency in kHz (cached for the process). Under TCG the guest needs it
 /// as `tsc_early_khz=` or ~40% of boots hang calibrating a TSC microvm cannot time.
 pub fn host_tsc() -> TscRate {
@@ -671,7 +681,7 @@ impl Selection {
         out.push(Finding::ok(
             "host TSC",
             format!(
-                "{} kHz (from {:?}); passed to TCG guests as tsc_early_khz",
+                "{} kHz (from {}); passed to TCG guests as tsc_early_khz",
                 self.tsc.khz, self.tsc.source
             ),
         ));

@@ -28,9 +28,10 @@ pub fn run(c: ConfigCommand) -> anyhow::Result<ExitCode> {
             &rows
                 .iter()
                 .map(|r| {
-                    let v = match &r.value {
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
+                    let v = match (&r.value, r.note) {
+                        (serde_json::Value::Null, Some(note)) => format!("({note})"),
+                        (serde_json::Value::String(s), _) => s.clone(),
+                        (other, _) => other.to_string(),
                     };
                     vec![r.key.clone(), v, r.source.to_string()]
                 })
