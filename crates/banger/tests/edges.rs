@@ -234,3 +234,30 @@ fn a_socket_you_may_not_open_is_a_permissions_problem() {
     assert!(err.contains("--owner"), "{err}");
     assert!(!err.contains("bangerd is not running"), "{err}");
 }
+
+#[test]
+fn output_has_nulls_and_words_not_placeholders_and_enum_names() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("none.toml");
+    let (code, out, err) = run(banger()
+        .args(["config", "show", "--json"])
+        .env("BANGER_CONFIG", &cfg));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let rows = v["values"].as_array().expect("values");
+    for key in ["firecracker_bin", "qemu_bin", "catalog_file"] {
+        let row = rows.iter().find(|r| r["key"] == key).expect(key);
+        assert!(row["value"].is_null(), "{key}: {row}");
+    }
+    let (_, out, _) = run(banger()
+        .args(["doctor"])
+        .env("BANGER_CONFIG", &cfg)
+        .env("BANGER_SOCKET", dir.path().join("none.sock")));
+    let tsc = out
+        .lines()
+        .find(|l| l.contains("host TSC"))
+        .unwrap_or_else(|| panic!("no host TSC line: {out}"));
+    for debug_name in ["Sysfs", "KernelLog", "Measured"] {
+        assert!(!tsc.contains(debug_name), "{tsc}");
+    }
+}
