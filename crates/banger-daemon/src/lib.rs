@@ -3,15 +3,19 @@
 //! over the API socket (its handlers parse, call one method here and map
 //! the [`DaemonError`]); tests drive it in-process.
 
+pub mod dns;
 pub mod error;
 pub mod file_sync;
 pub mod guest;
+pub mod host_net;
 pub mod images;
 pub mod oci;
 pub mod vm_dir;
 pub mod vms;
 
+pub use dns::start_dns;
 pub use error::{DaemonError, DaemonResult};
+pub use host_net::{HostNetwork, NoNetwork, RootNetwork};
 pub use vm_dir::VmDir;
 
 use std::path::Path;
@@ -28,11 +32,56 @@ pub struct Daemon {
     pub store: Store,
     /// Which VMM drives guests on this host (or why none can).
     pub selection: Result<banger_vmm::Selection, String>,
-    /// The root helper, when VMs get host networking.
-    pub network: Option<banger_net::RootClient>,
+    /// Host networking: the root helper, none, or a test's fake.
+    pub network: Arc<dyn HostNetwork>,
+    /// How long a graceful stop may take before the VMM is forced.
+    pub stop_grace: std::time::Duration,
     /// Names served by the `.vm` DNS zone.
     pub dns_names: banger_dns::NameTable,
     pub slots: vms::Slots,
+}
+
+/// What the daemon is wired to on this host: the seams tests replace.
+pub struct Wiring {
+    /// Which VMM drives guests (or why none can).
+    pub selection: Result<banger_vmm::Selection, String>,
+    pub network: Arc<dyn HostNetwork>,
+    pub stop_grace: std::time::Duration,
+}
+
+impl Wiring {
+    /// The real host: the VMM `config` asks for (probed), and the root
+    /// helper unless `opts.no_network`.
+    pub fn probe(paths: &Paths, config: &Config, opts: &Options) -> Wiring {
+        let home = banger_core::host::home_dir().unwrap_or_default();
+        let vmm_config = banger_vmm::VmmConfig {
+            preference: match config.vmm_choice().value {
+                banger_core::VmmChoice::Auto => banger_vmm::VmmPreference::Auto,
+                banger_core::VmmChoice::Firecracker => banger_vmm::VmmPreference::Firecracker,
+                banger_core::VmmChoice::Qemu => banger_vmm::VmmPreference::Qemu,
+            },
+            firecracker_bin: config.firecracker_bin.as_ref().map(|p| p.expand(&home)),
+            qemu_bin: config.qemu_bin.as_ref().map(|p| p.expand(&home)),
+            vhost_vsock_bin: None,
+        };
+        let selection = banger_vmm::select_vmm(&vmm_config).map_err(|e| e.to_string());
+        match &selection {
+            Ok(s) => tracing::info!(vmm = %s.kind, "{}", s.reason),
+            Err(e) => tracing::warn!("no usable VMM: {e}"),
+        }
+        let network: Arc<dyn HostNetwork> = if opts.no_network {
+            Arc::new(NoNetwork)
+        } else {
+            Arc::new(RootNetwork(banger_net::RootClient::new(
+                paths.root_socket.clone(),
+            )))
+        };
+        Wiring {
+            selection,
+            network,
+            stop_grace: vms::STOP_GRACE,
+        }
+    }
 }
 
 /// How the daemon runs, beyond its paths and config.
@@ -57,8 +106,15 @@ pub fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 impl Daemon {
-    /// Opens state, repairs what an interrupted previous run left behind.
+    /// Opens state on the real host (see [`Wiring::probe`]).
     pub fn open(paths: Paths, config: Config, opts: &Options) -> anyhow::Result<Daemon> {
+        let wiring = Wiring::probe(&paths, &config, opts);
+        Daemon::open_with(paths, config, wiring)
+    }
+
+    /// Opens state with the given VMM selection and host network, repairs
+    /// what an interrupted previous run left behind.
+    pub fn open_with(paths: Paths, config: Config, wiring: Wiring) -> anyhow::Result<Daemon> {
         for d in [&paths.state_dir, &paths.cache_dir, &paths.runtime_dir] {
             ensure_private_dir(d)?;
         }
@@ -87,30 +143,13 @@ impl Daemon {
             tracing::info!(path = %p.display(), "removed an interrupted layer download");
         }
         let store = Store::open(&paths.db())?;
-        let home = banger_core::host::home_dir().unwrap_or_default();
-        let vmm_config = banger_vmm::VmmConfig {
-            preference: match config.vmm_choice().value {
-                banger_core::VmmChoice::Auto => banger_vmm::VmmPreference::Auto,
-                banger_core::VmmChoice::Firecracker => banger_vmm::VmmPreference::Firecracker,
-                banger_core::VmmChoice::Qemu => banger_vmm::VmmPreference::Qemu,
-            },
-            firecracker_bin: config.firecracker_bin.as_ref().map(|p| p.expand(&home)),
-            qemu_bin: config.qemu_bin.as_ref().map(|p| p.expand(&home)),
-            vhost_vsock_bin: None,
-        };
-        let selection = banger_vmm::select_vmm(&vmm_config).map_err(|e| e.to_string());
-        match &selection {
-            Ok(s) => tracing::info!(vmm = %s.kind, "{}", s.reason),
-            Err(e) => tracing::warn!("no usable VMM: {e}"),
-        }
-        let network =
-            (!opts.no_network).then(|| banger_net::RootClient::new(paths.root_socket.clone()));
         let daemon = Daemon {
             paths,
             config,
             store,
-            selection,
-            network,
+            selection: wiring.selection,
+            network: wiring.network,
+            stop_grace: wiring.stop_grace,
             dns_names: banger_dns::NameTable::new(),
             slots: vms::Slots::default(),
         };
@@ -139,113 +178,5 @@ impl Daemon {
             r.with_context(|| format!("cannot remove {}", p.display()))?;
         }
         Ok(())
-    }
-}
-
-/// Starts the `.vm` DNS server. A failure is logged, not fatal: VMs still
-/// work by address and `banger vm ssh`; `doctor` reports DNS separately.
-pub async fn start_dns(daemon: &Arc<Daemon>, opts: &Options) -> Option<banger_dns::DnsHandle> {
-    for vm in daemon.store.list_vms().ok()? {
-        if vm.state == banger_proto::VmState::Running
-            && let Some(ip) = vm.ip.as_deref().and_then(|s| s.parse().ok())
-        {
-            let _ = daemon.dns_names.set(&vm.name, ip);
-        }
-    }
-    let addr = match opts.dns_listen {
-        Some(a) => a,
-        None => {
-            let root = daemon.network.as_ref()?;
-            let subnet = daemon.config.vm_subnet().value;
-            // The gateway address exists only once the bridge does. Under
-            // systemd the helper may still be starting: retry briefly.
-            let op = banger_proto::root::RootOp::EnsureBridge {
-                bridge: daemon.config.bridge_name().value,
-                subnet: subnet.to_string(),
-            };
-            let mut tries = 0;
-            loop {
-                match root.call(op.clone()).await {
-                    Ok(_) => break,
-                    Err(e) if tries >= 20 => {
-                        tracing::warn!("no .vm DNS: cannot prepare the bridge: {e}");
-                        return None;
-                    }
-                    Err(_) => {
-                        tries += 1;
-                        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                    }
-                }
-            }
-            let ip = daemon.config.dns_listen.unwrap_or_else(|| subnet.gateway());
-            std::net::SocketAddr::from((ip, daemon.config.dns_port().value))
-        }
-    };
-    let server = match banger_dns::DnsServer::bind(addr, daemon.dns_names.clone()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("no .vm DNS: cannot listen on {addr}: {e}");
-            return None;
-        }
-    };
-    // Port 53 needed CAP_NET_BIND_SERVICE (ambient, from the unit); the
-    // socket is bound now, so VMMs and tools we spawn must not inherit it.
-    // SAFETY: prctl with these arguments only changes this process's
-    // ambient capability set.
-    unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
-            0,
-        );
-    }
-    match server.spawn(2) {
-        Ok(h) => {
-            tracing::info!(%addr, "serving the .vm zone");
-            if opts.dns_listen.is_none() {
-                wire_resolved(daemon, addr).await;
-            }
-            Some(h)
-        }
-        Err(e) => {
-            tracing::warn!("no .vm DNS: {e}");
-            None
-        }
-    }
-}
-
-/// On systemd-resolved hosts, route `.vm` queries to our server through the
-/// bridge link (the root helper runs resolvectl). Elsewhere docs/dns-routing.md
-/// has manual recipes.
-async fn wire_resolved(daemon: &Arc<Daemon>, addr: std::net::SocketAddr) {
-    if daemon.config.dns_auto_resolved == Some(false) {
-        tracing::info!("[dns] auto_resolved = false: not wiring systemd-resolved");
-        return;
-    }
-    if !std::path::Path::new("/run/systemd/resolve").is_dir() {
-        tracing::info!(
-            "systemd-resolved is not running: .vm names resolve only through {addr} (see docs/dns-routing.md)"
-        );
-        return;
-    }
-    let Some(root) = daemon.network.as_ref() else {
-        return;
-    };
-    let dns_addr = if addr.port() == 53 {
-        addr.ip().to_string()
-    } else {
-        addr.to_string()
-    };
-    match root
-        .call(banger_proto::root::RootOp::WireResolved {
-            bridge: daemon.config.bridge_name().value,
-            dns_addr,
-        })
-        .await
-    {
-        Ok(_) => tracing::info!("systemd-resolved routes .vm to {addr}"),
-        Err(e) => tracing::warn!("cannot wire systemd-resolved for .vm: {e}"),
     }
 }

@@ -26,42 +26,7 @@ fn daemon_with_image(dir: &std::path::Path) -> Arc<Daemon> {
         },
     )
     .expect("open");
-    // a tiny root filesystem with the directories personalisation writes to
-    let tree = dir.join("tree");
-    for sub in ["etc/ssh", "root"] {
-        std::fs::create_dir_all(tree.join(sub)).expect("mkdir");
-    }
-    std::fs::write(tree.join("root/.bashrc"), "# bashrc\n").expect("w");
-    let img_dir = paths.images_dir().join("tiny");
-    std::fs::create_dir_all(&img_dir).expect("mkdir");
-    banger_image::ext4::make_ext4(
-        &tree,
-        &img_dir.join("rootfs.ext4"),
-        64 << 20,
-        &banger_image::Ext4Fixups::new(),
-    )
-    .expect("mkfs");
-    d.store
-        .insert_kernel(&banger_store::KernelRecord {
-            name: "k".into(),
-            version: "test".into(),
-            dir: paths.kernels_dir().join("k").display().to_string(),
-            has_vmlinux: false,
-            pvh: false,
-            created_at: 0,
-        })
-        .expect("kernel");
-    d.store
-        .insert_image(&banger_store::ImageRecord {
-            name: "tiny".into(),
-            digest: "sha256:00".into(),
-            kernel: "k".into(),
-            size_bytes: 0,
-            origin: "test".into(),
-            dir: img_dir.display().to_string(),
-            created_at: 0,
-        })
-        .expect("image");
+    banger_testkit::tiny::register_tiny_image(&d.store, &paths).expect("tiny image");
     Arc::new(d)
 }
 

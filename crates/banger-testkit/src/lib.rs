@@ -4,6 +4,7 @@
 //!   for real boots through the QEMU driver, built with `mmdebstrap` (needs root).
 //! - [`fake`]: types and helpers for the `fake-firecracker` binary (a named fake of
 //!   Firecracker's API used to test process handling without KVM).
+//! - [`tiny::register_tiny_image`]: a tiny registered image for daemon tests that never boot.
 //! - [`netns::TestNetns`]: a throwaway network namespace (removed on drop).
 //! - Small helpers: [`is_root`], [`which`], [`tail_file`], [`test_cache_dir`].
 
@@ -11,6 +12,7 @@ pub mod fake;
 pub mod guest;
 pub mod netns;
 pub mod openapi;
+pub mod tiny;
 
 pub use guest::{GuestError, TestGuest, extract_vmlinux, test_guest};
 

@@ -53,7 +53,7 @@ impl Daemon {
             }
         }
         if let Some(ip) = ipv4(rec)
-            && self.network.is_some()
+            && self.network.attaches()
         {
             let subnet = self.config.vm_subnet().value;
             let mask = Ipv4Addr::from(subnet.mask());

@@ -8,7 +8,7 @@ use banger_store::VmRecord;
 use banger_vmm::Vmm;
 
 use super::state::{Applied, Op};
-use super::{ReadyState, STOP_GRACE, Slot};
+use super::{ReadyState, Slot};
 use crate::{Daemon, DaemonError};
 
 impl Daemon {
@@ -45,7 +45,7 @@ impl Daemon {
                     .with_connect_timeout(Duration::from_secs(3));
                 match tokio::time::timeout(Duration::from_secs(5), client.shutdown()).await {
                     Ok(Ok(())) => {
-                        if vm.wait_exit(STOP_GRACE).await.is_some() {
+                        if vm.wait_exit(self.stop_grace).await.is_some() {
                             tracing::info!(vm = %name, "guest powered off through the agent");
                         }
                     }
@@ -53,7 +53,11 @@ impl Daemon {
                     Err(_) => tracing::warn!(vm = %name, "agent shutdown timed out"),
                 }
             }
-            let grace = if discard { Duration::ZERO } else { STOP_GRACE };
+            let grace = if discard {
+                Duration::ZERO
+            } else {
+                self.stop_grace
+            };
             let stopped = match self.driver_for(Some(kind)) {
                 Ok(driver) => driver
                     .stop(&mut vm, grace)

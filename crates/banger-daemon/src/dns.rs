@@ -1,0 +1,109 @@
+//! The `.vm` DNS zone: the server on the bridge gateway (or where
+//! `--dns-listen` says), its names seeded from running VMs, and the
+//! systemd-resolved routing that makes the host resolve `.vm` through it.
+
+use std::sync::Arc;
+
+use crate::{Daemon, Options};
+
+/// Starts the `.vm` DNS server. A failure is logged, not fatal: VMs still
+/// work by address and `banger vm ssh`; `doctor` reports DNS separately.
+pub async fn start_dns(daemon: &Arc<Daemon>, opts: &Options) -> Option<banger_dns::DnsHandle> {
+    for vm in daemon.store.list_vms().ok()? {
+        if vm.state == banger_proto::VmState::Running
+            && let Some(ip) = vm.ip.as_deref().and_then(|s| s.parse().ok())
+        {
+            let _ = daemon.dns_names.set(&vm.name, ip);
+        }
+    }
+    let addr = match opts.dns_listen {
+        Some(a) => a,
+        None => {
+            if !daemon.network.attaches() {
+                return None;
+            }
+            let subnet = daemon.config.vm_subnet().value;
+            // The gateway address exists only once the bridge does. Under
+            // systemd the helper may still be starting: retry briefly.
+            let (bridge, cidr) = (daemon.config.bridge_name().value, subnet.to_string());
+            let mut tries = 0;
+            loop {
+                match daemon.network.ensure_bridge(&bridge, &cidr).await {
+                    Ok(()) => break,
+                    Err(e) if tries >= 20 => {
+                        tracing::warn!("no .vm DNS: cannot prepare the bridge: {e}");
+                        return None;
+                    }
+                    Err(_) => {
+                        tries += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    }
+                }
+            }
+            let ip = daemon.config.dns_listen.unwrap_or_else(|| subnet.gateway());
+            std::net::SocketAddr::from((ip, daemon.config.dns_port().value))
+        }
+    };
+    let server = match banger_dns::DnsServer::bind(addr, daemon.dns_names.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("no .vm DNS: cannot listen on {addr}: {e}");
+            return None;
+        }
+    };
+    // Port 53 needed CAP_NET_BIND_SERVICE (ambient, from the unit); the
+    // socket is bound now, so VMMs and tools we spawn must not inherit it.
+    // SAFETY: prctl with these arguments only changes this process's
+    // ambient capability set.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+    }
+    match server.spawn(2) {
+        Ok(h) => {
+            tracing::info!(%addr, "serving the .vm zone");
+            if opts.dns_listen.is_none() {
+                wire_resolved(daemon, addr).await;
+            }
+            Some(h)
+        }
+        Err(e) => {
+            tracing::warn!("no .vm DNS: {e}");
+            None
+        }
+    }
+}
+
+/// On systemd-resolved hosts, route `.vm` queries to our server through the
+/// bridge link (the root helper runs resolvectl). Elsewhere docs/dns-routing.md
+/// has manual recipes.
+async fn wire_resolved(daemon: &Arc<Daemon>, addr: std::net::SocketAddr) {
+    if daemon.config.dns_auto_resolved == Some(false) {
+        tracing::info!("[dns] auto_resolved = false: not wiring systemd-resolved");
+        return;
+    }
+    if !std::path::Path::new("/run/systemd/resolve").is_dir() {
+        tracing::info!(
+            "systemd-resolved is not running: .vm names resolve only through {addr} (see docs/dns-routing.md)"
+        );
+        return;
+    }
+    if !daemon.network.attaches() {
+        return;
+    }
+    let dns_addr = if addr.port() == 53 {
+        addr.ip().to_string()
+    } else {
+        addr.to_string()
+    };
+    let bridge = daemon.config.bridge_name().value;
+    match daemon.network.wire_resolved(&bridge, &dns_addr).await {
+        Ok(()) => tracing::info!("systemd-resolved routes .vm to {addr}"),
+        Err(e) => tracing::warn!("cannot wire systemd-resolved for .vm: {e}"),
+    }
+}
