@@ -160,7 +160,7 @@ async fn create_failures_roll_back() {
         .await
         .expect_err("no image");
     assert!(
-        e.message.contains("banger image pull missing"),
+        e.message.contains("banger image build missing"),
         "{}",
         e.message
     );

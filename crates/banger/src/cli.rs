@@ -228,7 +228,7 @@ pub struct VmCpArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Fetch an image: a catalog name (signed bundle) or an OCI reference.
+    /// Fetch an image: an OCI reference, or a signed bundle named in the catalog.
     Pull(ImagePullArgs),
     /// Build the golden image locally from Debian packages.
     Build(ImageBuildArgs),
@@ -255,7 +255,8 @@ pub enum ImageCommand {
 
 #[derive(Debug, Args)]
 pub struct ImagePullArgs {
-    /// Catalog name (e.g. debian-bookworm) or OCI reference (e.g. python:3.12-slim).
+    /// OCI reference (e.g. python:3.12-slim), or the name of an entry of the
+    /// image catalog (catalog_file in config; see `banger doctor`).
     pub reference: String,
     /// Local name for the image (default: derived from the reference).
     #[arg(long)]
@@ -330,19 +331,11 @@ pub enum KernelCommand {
     /// List kernels.
     #[command(alias = "ls")]
     List(JsonFlag),
-    /// Fetch a kernel from the catalog.
-    Pull(KernelPullArgs),
     /// Register kernel files from disk.
     Register(KernelRegisterArgs),
     /// Delete a kernel (refused while an image or VM uses it).
     #[command(alias = "rm")]
     Delete(KernelName),
-}
-
-#[derive(Debug, Args)]
-pub struct KernelPullArgs {
-    /// Catalog name of the kernel.
-    pub name: String,
 }
 
 #[derive(Debug, Args)]

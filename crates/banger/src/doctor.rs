@@ -196,6 +196,8 @@ pub fn run_checks(config: &Config, home: &Path) -> DoctorReport {
         )
     });
 
+    checks.push(catalog_check(config, home));
+
     let spec = config.vm_defaults(HostFacts::probe());
     checks.push(check(
         "vm defaults",
@@ -234,6 +236,60 @@ pub fn daemon_check(daemon: Result<String, String>) -> Check {
             Some(
                 "sudo banger system install --owner \"$USER\" (systemd hosts) or sudo banger system run (foreground)",
             ),
+            false,
+        ),
+    }
+}
+
+/// What `image pull NAME` can fetch here, and what `vm run` does when the
+/// default image is missing: an empty catalog is said, not discovered.
+fn catalog_check(config: &Config, home: &Path) -> Check {
+    let file = config.catalog_file.as_ref().map(|p| p.expand(home));
+    let source = match &file {
+        Some(f) => format!("catalog_file {}", f.display()),
+        None => "the embedded catalog".to_string(),
+    };
+    let image = config.image_name().value;
+    let fix = "publish signed bundles and set catalog_file in config (docs/image-catalog.md)";
+    match banger_image::catalog::Catalog::resolve(file.as_deref()) {
+        Result::Ok(c) if c.entries.is_empty() => check(
+            "image catalog",
+            CheckStatus::Warn,
+            format!(
+                "{source} has no entries: `banger image pull` fetches OCI images only, and `banger vm run` \
+                 builds {image} locally with mmdebstrap the first time (a few minutes; about 3 on a 2-core host)"
+            ),
+            Some(fix),
+            false,
+        ),
+        Result::Ok(c) => {
+            let names: Vec<&str> = c.entries.iter().map(|e| e.name.as_str()).collect();
+            let has_default = names.contains(&image.as_str());
+            check(
+                "image catalog",
+                if has_default {
+                    CheckStatus::Ok
+                } else {
+                    CheckStatus::Warn
+                },
+                format!(
+                    "{source}: {}{}",
+                    names.join(", "),
+                    if has_default {
+                        String::new()
+                    } else {
+                        format!(" (not {image}: `vm run` builds it locally the first time)")
+                    }
+                ),
+                Some(fix),
+                false,
+            )
+        }
+        Err(e) => check(
+            "image catalog",
+            CheckStatus::Warn,
+            format!("{source} cannot be read: {e}"),
+            Some("fix or remove catalog_file in config (docs/image-catalog.md)"),
             false,
         ),
     }

@@ -42,7 +42,6 @@ const COMMANDS: &[&str] = &[
     "image keygen",
     "kernel",
     "kernel list",
-    "kernel pull",
     "kernel register",
     "kernel delete",
     "doctor",

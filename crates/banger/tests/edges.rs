@@ -261,3 +261,47 @@ fn output_has_nulls_and_words_not_placeholders_and_enum_names() {
         assert!(!tsc.contains(debug_name), "{tsc}");
     }
 }
+
+#[test]
+fn no_dead_end_commands_are_advertised() {
+    let d = Daemon::prepare().start();
+    // `kernel pull` was a stub; it is gone, not "not available yet".
+    let (code, _, err) = run(d.cli().args(["kernel", "pull", "x"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unrecognized subcommand 'pull'"), "{err}");
+    // The embedded catalog is empty: nothing suggests pulling from it.
+    let mut said = String::new();
+    for args in [
+        &["--help"][..],
+        &["image", "--help"],
+        &["kernel", "--help"],
+        &["image", "list"],
+        &["kernel", "list"],
+    ] {
+        let (code, out, err) = run(d.cli().args(args));
+        assert_eq!(code, 0, "{args:?}: {err}");
+        said.push_str(&out);
+    }
+    assert!(!said.contains("kernel pull"), "{said}");
+    assert!(!said.contains("image pull debian-bookworm"), "{said}");
+    assert!(said.contains("banger image build"), "{said}");
+    // doctor says the catalog is empty and what `vm run` does instead.
+    let (_, out, _) = run(d
+        .cli()
+        .args(["doctor", "--json"])
+        .env("BANGER_CONFIG", d.root().join("none.toml")));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let cat = v["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "image catalog")
+        .cloned()
+        .expect("catalog check");
+    assert_eq!(cat["status"], "warn");
+    let detail = cat["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("no entries") && detail.contains("builds debian-bookworm locally"),
+        "{detail}"
+    );
+}

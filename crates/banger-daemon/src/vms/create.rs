@@ -42,7 +42,7 @@ impl Daemon {
             .unwrap_or_else(|| self.config.image_name().value);
         let image = self.store.get_image(&image_name).map_err(|_| {
             DaemonError::not_found(format!(
-                "no image named {image_name:?}; run `banger image pull {image_name}` or `banger image build {image_name}`"
+                "no image named {image_name:?}; build it (`banger image build {image_name}`), register one (`banger image register`) or pull an OCI image (`banger image pull REF --name {image_name}`)"
             ))
         })?;
         let spec = self.resolve_spec(&req);

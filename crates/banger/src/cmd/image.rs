@@ -52,7 +52,8 @@ pub async fn run_image(client: &Client, c: ImageCommand) -> anyhow::Result<ExitC
                 output::print_json(&images)?;
             } else if images.is_empty() {
                 outln!(
-                    "No images. Fetch one with `banger image pull debian-bookworm` or build it with `banger image build`."
+                    "No images. Build the default one with `banger image build` (a few minutes, once), \
+                     or just `banger vm run`, which builds it the first time."
                 )?;
             } else {
                 output::print_table(
@@ -201,7 +202,7 @@ pub async fn run_kernel(client: &Client, c: KernelCommand) -> anyhow::Result<Exi
                 output::print_json(&ks)?;
             } else if ks.is_empty() {
                 outln!(
-                    "No kernels. They come with images (`banger image pull`), or `banger kernel register`."
+                    "No kernels. They come with images (`banger image build`), or `banger kernel register`."
                 )?;
             } else {
                 output::print_table(
@@ -224,7 +225,6 @@ pub async fn run_kernel(client: &Client, c: KernelCommand) -> anyhow::Result<Exi
             let k: KernelInfo = client.delete(&api_path::kernel(&n.name)?).await?;
             outln!("deleted kernel {}", k.name)?;
         }
-        KernelCommand::Pull(_) => bail!("`banger kernel pull` is not available in this build yet"),
         KernelCommand::Register(a) => {
             let k: KernelInfo = client
                 .post(
