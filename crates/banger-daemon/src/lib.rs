@@ -8,10 +8,12 @@ pub mod error;
 pub mod file_sync;
 pub mod guest;
 pub mod host_net;
+pub mod identity;
 pub mod images;
 pub mod oci;
 pub mod vm_dir;
 pub mod vms;
+pub mod warm;
 
 pub use dns::start_dns;
 pub use error::{DaemonError, DaemonResult};
@@ -39,6 +41,8 @@ pub struct Daemon {
     /// Names served by the `.vm` DNS zone.
     pub dns_names: banger_dns::NameTable,
     pub slots: vms::Slots,
+    /// Warm snapshots being made.
+    pub warm: warm::WarmState,
 }
 
 /// What the daemon is wired to on this host: the seams tests replace.
@@ -152,6 +156,7 @@ impl Daemon {
             stop_grace: wiring.stop_grace,
             dns_names: banger_dns::NameTable::new(),
             slots: vms::Slots::default(),
+            warm: warm::WarmState::default(),
         };
         daemon.recover()?;
         Ok(daemon)
@@ -160,6 +165,8 @@ impl Daemon {
     /// Work that a kill -9 interrupted: a VM still `creating` never finished
     /// and is removed with its files; scratch space is emptied.
     fn recover(&self) -> anyhow::Result<()> {
+        // Interrupted or stale warm snapshots (image, kernel or VMM changed or gone).
+        self.warm_gc();
         for vm in self.store.list_vms()? {
             if vm.state == banger_proto::VmState::Creating {
                 tracing::warn!(vm = %vm.name, "removing VM whose creation was interrupted");

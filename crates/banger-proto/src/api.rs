@@ -182,6 +182,9 @@ pub struct VmInfo {
     /// Whether the guest agent has announced readiness since the last start.
     #[serde(default)]
     pub agent_ready: bool,
+    /// The warm snapshot this VM was restored from (its disks are overlays on it).
+    #[serde(default)]
+    pub restored_from: Option<String>,
 }
 
 /// Body of `POST /v1/vms`.
@@ -200,6 +203,9 @@ pub struct CreateVmRequest {
     /// OpenSSH public key to authorize for root in the guest.
     #[serde(default)]
     pub ssh_public_key: Option<String>,
+    /// Boot even when the shape has a warm snapshot to restore from.
+    #[serde(default)]
+    pub cold: bool,
 }
 
 /// Answer of `GET /v1/ssh`: what a client needs to ssh into VMs.

@@ -93,6 +93,10 @@ pub struct VmShape {
     /// Cut the VM off from the outside world; the host can still reach it.
     #[arg(long)]
     pub no_egress: bool,
+    /// Boot the VM even when its shape has a warm snapshot to restore from
+    /// (see docs/snapshots.md).
+    #[arg(long)]
+    pub cold: bool,
 }
 
 #[derive(Debug, Subcommand)]

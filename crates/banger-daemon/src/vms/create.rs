@@ -62,8 +62,12 @@ impl Daemon {
                 .ok()
                 .map(|ip| ip.to_string())
         };
+        // A shape with a warm snapshot gets its disks from it at the first start.
+        let warm = !req.cold && self.warm_available(&image.name, &spec);
         let extra = VmExtra {
             spec: Some(spec.clone()),
+            warm_pending: warm,
+            authorized_key: req.ssh_public_key.clone(),
             ..Default::default()
         };
         // A random name can collide; a chosen one is the user's to change.
@@ -111,7 +115,7 @@ impl Daemon {
         let key = req.ssh_public_key.clone();
         let r = blocking({
             let rec = rec.clone();
-            move || d.provision(&rec, &image_dir, key.as_deref())
+            move || d.provision(&rec, &image_dir, key.as_deref(), !warm)
         })
         .await;
         if let Err(e) = r {
@@ -139,22 +143,63 @@ impl Daemon {
         }
     }
 
-    /// Disk work of a create (blocking).
+    /// Disk work of a create (blocking): the host key (pinned), and with `disks` the
+    /// root and work disks (a warm create makes them at its first start instead).
     fn provision(
         &self,
         rec: &VmRecord,
         image_dir: &Path,
         ssh_key: Option<&str>,
+        disks: bool,
     ) -> Result<(), DaemonError> {
         let dir = self.vm_dir(&rec.name);
         dir.create().map_err(DaemonError::internal)?;
+        let host_key = crate::guest::generate_host_key(&dir.host_key(), &rec.name)
+            .map_err(DaemonError::internal)?;
+        crate::guest::pin_host_key(
+            &self.paths.known_hosts(),
+            &rec.name,
+            rec.ip.as_deref(),
+            &host_key.public,
+        )
+        .map_err(DaemonError::internal)?;
+        if disks {
+            self.make_disks(rec, image_dir, ssh_key, &host_key)?;
+        }
+        Ok(())
+    }
+
+    /// The disks of a VM that gets none from a warm snapshot (blocking).
+    pub(crate) fn provision_disks(
+        &self,
+        rec: &VmRecord,
+        ssh_key: Option<&str>,
+    ) -> Result<(), DaemonError> {
+        let image = self.store.get_image(&rec.image)?;
+        let key_path = self.vm_dir(&rec.name).host_key();
+        let host_key = crate::guest::HostKey {
+            private: std::fs::read(&key_path).map_err(DaemonError::internal)?,
+            public: std::fs::read_to_string(key_path.with_extension("pub"))
+                .map_err(DaemonError::internal)?
+                .trim()
+                .to_string(),
+        };
+        self.make_disks(rec, Path::new(&image.dir), ssh_key, &host_key)
+    }
+
+    fn make_disks(
+        &self,
+        rec: &VmRecord,
+        image_dir: &Path,
+        ssh_key: Option<&str>,
+        host_key: &crate::guest::HostKey,
+    ) -> Result<(), DaemonError> {
+        let dir = self.vm_dir(&rec.name);
         let rootfs = image_dir.join(banger_image::store::ROOTFS);
         let root = dir.root_disk();
         let method = banger_vmm::clone_disk(&rootfs, &root).map_err(DaemonError::internal)?;
         tracing::debug!(vm = %rec.name, ?method, "root disk cloned");
-        let host_key = crate::guest::generate_host_key(&dir.host_key(), &rec.name)
-            .map_err(DaemonError::internal)?;
-        crate::guest::personalise_root(&root, &rec.name, &host_key)
+        crate::guest::personalise_root(&root, &rec.name, host_key)
             .map_err(DaemonError::internal)?;
         let home = banger_core::host::home_dir();
         let plan = match home {
@@ -174,13 +219,6 @@ impl Daemon {
             ssh_key,
             &plan,
             &self.paths.tmp_dir(),
-        )
-        .map_err(DaemonError::internal)?;
-        crate::guest::pin_host_key(
-            &self.paths.known_hosts(),
-            &rec.name,
-            rec.ip.as_deref(),
-            &host_key.public,
         )
         .map_err(DaemonError::internal)?;
         Ok(())
@@ -215,6 +253,8 @@ impl Daemon {
         .await?;
         self.apply(&rec, Op::Delete, None)?;
         self.slots.remove(name);
+        // A retired warm snapshot this VM's disks backed onto may go now.
+        self.warm_gc();
         tracing::info!(vm = %name, "deleted");
         Ok(rec)
     }

@@ -18,6 +18,7 @@ pub mod network;
 pub mod start;
 pub mod state;
 pub mod stop;
+pub mod warm_start;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -88,6 +89,18 @@ pub struct VmExtra {
     pub tap: Option<String>,
     /// The VMM kind chosen when the VM was last started.
     pub vmm_kind: Option<banger_vmm::VmmKind>,
+    /// The warm snapshot generation this VM was restored from: its disks are overlays
+    /// backed by that snapshot's, which therefore outlives it.
+    #[serde(default)]
+    pub warm_from: Option<String>,
+    /// Set at create: restore from a warm snapshot at the first start (its disks are
+    /// made then, from the snapshot). `false` after that first start.
+    #[serde(default)]
+    pub warm_pending: bool,
+    /// The OpenSSH public key given at create, for disks made later (a warm create
+    /// whose restore fell back) and for a restored guest's authorized_keys.
+    #[serde(default)]
+    pub authorized_key: Option<String>,
 }
 
 pub fn extra_of(rec: &VmRecord) -> VmExtra {

@@ -12,6 +12,7 @@ use banger_store::VmRecord;
 use banger_vmm::{Driver, KernelFiles, Vmm, VmmSpec, VsockSpec};
 
 use super::state::{Applied, Op};
+use super::warm_start::Started;
 use super::{GUEST_CID, READY_TIMEOUT, ReadyState, Slot, extra_of, ipv4};
 use crate::{Daemon, DaemonError};
 
@@ -135,7 +136,7 @@ impl Daemon {
             &serde_json::to_string(&extra).unwrap_or_else(|_| "{}".into()),
         )?;
         let vsock_path = dir.vsock();
-        let spec = VmmSpec {
+        let mut spec = VmmSpec {
             name: name.clone(),
             vm_dir: dir.path().to_path_buf(),
             vcpus: u8::try_from(rec.vcpu).unwrap_or(32),
@@ -154,7 +155,10 @@ impl Daemon {
                 uds_path: vsock_path.clone(),
             }),
             console_log: dir.console_log(),
-            memory_file: None,
+            memory_file: match driver.kind() {
+                banger_vmm::VmmKind::Qemu => Some(self.memory_file(&name)?),
+                banger_vmm::VmmKind::Firecracker => None,
+            },
         };
         let listener = match &spec.vsock {
             Some(v) => Some(
@@ -167,10 +171,10 @@ impl Daemon {
             None => None,
         };
         slot.ready.send_replace(ReadyState::Waiting);
-        let running = driver
-            .start(&spec)
-            .await
-            .map_err(|e| DaemonError::internal(format!("starting VM {name}: {e}")))?;
+        let (running, restored) = match self.start_or_restore(rec, &driver, &mut spec).await? {
+            Started::Booted(vm) => (vm, None),
+            Started::Restored(vm, snap) => (vm, Some(snap)),
+        };
         let handle = running.handle().clone();
         // In the slot at once: a failure from here on stops it (undo_boot).
         *slot.vmm.lock().await = Some(running);
@@ -185,6 +189,18 @@ impl Daemon {
             let _ = self.dns_names.set(&name, ip);
         }
         tracing::info!(vm = %name, pid = handle.process.pid, vmm = %driver.kind(), "started");
+        if restored.is_some() {
+            // start_or_restore gave it its identity already.
+            slot.ready.send_replace(ReadyState::Ready);
+            self.watch(name, Arc::clone(slot));
+            return Ok(());
+        }
+        let warm = (
+            Arc::clone(self),
+            self.store.get_vm(&name)?,
+            driver.clone(),
+            spec.clone(),
+        );
         match listener {
             Some(l) => {
                 let slot = Arc::clone(slot);
@@ -198,6 +214,9 @@ impl Daemon {
                             // boot finished (network configured, sshd up), so
                             // ssh and commands that need the network work at once.
                             wait_boot_finished(&uds, &vm).await;
+                            // Before readiness: nothing of the user's is in it yet.
+                            let (d, rec, driver, spec) = &warm;
+                            d.make_warm_if_missing(rec, &slot, driver, spec).await;
                             tracing::info!(vm = %vm, "guest ready");
                             ReadyState::Ready
                         }

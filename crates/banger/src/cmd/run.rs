@@ -320,7 +320,12 @@ async fn run_in_vm(
             "VM {name} did not come up; see `banger vm logs {name}`"
         )))
     })?;
-    phases.end("boot");
+    // A VM restored from a warm snapshot waited for its identity round trip, not a boot.
+    phases.end(if vm.restored_from.is_some() {
+        "restore"
+    } else {
+        "boot"
+    });
     let agent = agent_for(&vm)?;
     let mut cwd = None;
     if let Some((path, source, files)) = &workspace {

@@ -40,6 +40,7 @@ pub fn create_request(shape: &VmShape, start: bool) -> anyhow::Result<CreateVmRe
         no_egress: shape.no_egress,
         start,
         ssh_public_key: None,
+        cold: shape.cold,
     })
 }
 

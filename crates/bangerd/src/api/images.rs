@@ -231,6 +231,8 @@ async fn show_image(State(d): State<AppState>, Path(name): Path<String>) -> ApiR
 
 async fn delete_image(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult<ImageInfo> {
     let rec = d.store.delete_image(&name)?;
+    // Its warm snapshots go too, except those restored VMs' disks still back onto.
+    d.warm_gc();
     // Content-addressed: another name may point at the same directory.
     let shared = d.store.list_images()?.iter().any(|i| i.dir == rec.dir);
     if !shared {

@@ -29,7 +29,9 @@ pub fn routes() -> Router<AppState> {
 pub fn vm_info(d: &Daemon, r: VmRecord) -> VmInfo {
     let running = r.state == banger_proto::VmState::Running;
     let vsock = d.vm_dir(&r.name).vsock();
+    let restored_from = banger_daemon::vms::extra_of(&r).warm_from;
     VmInfo {
+        restored_from,
         agent_ready: running && d.agent_ready(&r.name),
         vsock_path: (running && vsock.exists()).then(|| vsock.display().to_string()),
         name: r.name,
