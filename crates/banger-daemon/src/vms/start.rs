@@ -155,11 +155,14 @@ impl Daemon {
                 uds_path: vsock_path.clone(),
             }),
             console_log: dir.console_log(),
-            memory_file: match driver.kind() {
-                banger_vmm::VmmKind::Qemu => Some(self.memory_file(&name)?),
-                banger_vmm::VmmKind::Firecracker => None,
-            },
+            memory_file: None,
         };
+        // QEMU guest RAM in a (tmpfs) file when the VM can become a warm snapshot.
+        if driver.kind() == banger_vmm::VmmKind::Qemu
+            && super::warm_start::warm_capable(&spec, driver.kind())
+        {
+            spec.memory_file = Some(self.memory_file(&name)?);
+        }
         let listener = match &spec.vsock {
             Some(v) => Some(
                 banger_agent::client::ReadinessListener::bind(
