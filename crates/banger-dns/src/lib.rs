@@ -2,15 +2,20 @@
 //!
 //! * `<name>.vm` A → the VM's address; other types for a known name →
 //!   NOERROR with no answers; unknown names in the zone → NXDOMAIN;
-//! * anything outside `.vm` → REFUSED: this is never an open resolver;
+//! * anything outside `.vm` → REFUSED, unless a [`Forwarder`] is attached
+//!   and the client is one it forwards for (guests with egress allowed):
+//!   then the host's real upstreams answer (see [`forward`]). Never an
+//!   open resolver;
 //! * malformed, truncated or oversized packets are dropped (or answered
 //!   FORMERR when the header is intact) without disturbing the server.
 //!
 //! The daemon owns a [`NameTable`] and calls [`NameTable::set`] /
 //! [`NameTable::remove`] / [`NameTable::rename`] as VMs come and go; the
 //! server reads it on every query, so changes are live immediately.
-//! UDP only: every answer fits in 512 bytes, so TCP fallback is never needed.
+//! UDP only: every `.vm` answer fits in 512 bytes, so TCP fallback is never
+//! needed.
 
+pub mod forward;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -21,6 +26,7 @@ use thiserror::Error;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
+pub use forward::{ForwardClients, Forwarder, UpstreamSource};
 pub use wire::{ANSWER_TTL, MAX_QUERY_LEN, ZONE, answer};
 
 #[derive(Debug, Error)]
@@ -143,6 +149,7 @@ impl wire::Lookup for NameTable {
 pub struct DnsServer {
     socket: Arc<UdpSocket>,
     table: NameTable,
+    forwarder: Option<Arc<Forwarder>>,
 }
 
 /// A running server; dropping it does not stop it, [`DnsHandle::shutdown`] does.
@@ -173,7 +180,17 @@ impl DnsServer {
         Ok(DnsServer {
             socket: Arc::new(socket),
             table,
+            forwarder: None,
         })
+    }
+
+    /// Relay names outside `.vm` for the forwarder's clients.
+    pub fn with_forwarder(mut self, forwarder: Forwarder) -> Self {
+        if let Ok(a) = self.socket.local_addr() {
+            forwarder.set_own_addr(a);
+        }
+        self.forwarder = Some(Arc::new(forwarder));
+        self
     }
 
     /// Serve on a socket bound elsewhere (e.g. handed over by a process that
@@ -183,6 +200,7 @@ impl DnsServer {
         Ok(DnsServer {
             socket: Arc::new(UdpSocket::from_std(socket)?),
             table,
+            forwarder: None,
         })
     }
 
@@ -197,7 +215,8 @@ impl DnsServer {
             .map(|_| {
                 let socket = Arc::clone(&self.socket);
                 let table = self.table.clone();
-                tokio::spawn(async move { serve(&socket, &table).await })
+                let fwd = self.forwarder.clone();
+                tokio::spawn(async move { serve(&socket, &table, fwd.as_ref()).await })
             })
             .collect();
         Ok(DnsHandle { local_addr, tasks })
@@ -205,11 +224,36 @@ impl DnsServer {
 
     /// Serve forever on the current task.
     pub async fn run(self) {
-        serve(&self.socket, &self.table).await
+        serve(&self.socket, &self.table, self.forwarder.as_ref()).await
     }
 }
 
-async fn serve(socket: &UdpSocket, table: &NameTable) {
+/// Relays one query to the upstreams on its own task and sends the answer
+/// (or SERVFAIL) back to `peer`.
+fn forward(socket: &Arc<UdpSocket>, fwd: &Arc<Forwarder>, query: &[u8], peer: SocketAddr) {
+    let Some(permit) = fwd.permit() else {
+        tracing::debug!(%peer, "too many DNS queries in flight; dropped one");
+        return;
+    };
+    let (socket, fwd, query) = (Arc::clone(socket), Arc::clone(fwd), query.to_vec());
+    tokio::spawn(async move {
+        let _permit = permit;
+        let resp = match fwd.resolve(&query).await {
+            Some(r) => Some(r),
+            None => {
+                tracing::debug!(%peer, "no DNS upstream answered");
+                wire::servfail(&query)
+            }
+        };
+        if let Some(r) = resp
+            && let Err(e) = socket.send_to(&r, peer).await
+        {
+            tracing::debug!(%peer, "dns send: {e}");
+        }
+    });
+}
+
+async fn serve(socket: &Arc<UdpSocket>, table: &NameTable, fwd: Option<&Arc<Forwarder>>) {
     // One byte more than the largest accepted query, so an oversized
     // datagram is recognised (recv truncates silently) and dropped.
     let mut buf = vec![0u8; MAX_QUERY_LEN + 1];
@@ -223,7 +267,15 @@ async fn serve(socket: &UdpSocket, table: &NameTable) {
                 continue;
             }
         };
-        let Some(resp) = buf.get(..n).and_then(|q| answer(q, table)) else {
+        let query = buf.get(..n).unwrap_or_default();
+        if let Some(f) = fwd
+            && f.allows(peer.ip())
+            && wire::outside_zone(query)
+        {
+            forward(socket, f, query, peer);
+            continue;
+        }
+        let Some(resp) = answer(query, table) else {
             tracing::debug!(%peer, len = n, "dropped malformed DNS packet");
             continue;
         };

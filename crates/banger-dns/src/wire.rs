@@ -23,6 +23,7 @@ const CLASS_ANY: u16 = 255;
 
 const RCODE_NOERROR: u8 = 0;
 const RCODE_FORMERR: u8 = 1;
+const RCODE_SERVFAIL: u8 = 2;
 const RCODE_NXDOMAIN: u8 = 3;
 const RCODE_NOTIMP: u8 = 4;
 const RCODE_REFUSED: u8 = 5;
@@ -135,6 +136,34 @@ fn header(out: &mut Vec<u8>, id: u16, rd: bool, aa: bool, rcode: u8, counts: [u1
     for v in [qd, an, 0, ar] {
         out.extend_from_slice(&v.to_be_bytes());
     }
+}
+
+/// Whether `query` is a standard query (opcode 0) with one question for a
+/// name outside [`ZONE`]: what a forwarder may relay. Everything else is
+/// for [`answer`].
+pub fn outside_zone(query: &[u8]) -> bool {
+    if query.len() < 12 || query.len() > MAX_QUERY_LEN {
+        return false;
+    }
+    let (flags, qdcount) = (query[2], u16::from_be_bytes([query[4], query[5]]));
+    if flags & 0x80 != 0 || (flags >> 3) & 0x0f != 0 || qdcount != 1 {
+        return false;
+    }
+    let mut r = Reader {
+        buf: query,
+        pos: 12,
+    };
+    parse_question(&mut r).is_some_and(|q| q.labels.last().is_none_or(|l| l != ZONE))
+}
+
+/// SERVFAIL for `query` (no upstream answered); `None` when it is too short
+/// to carry an id.
+pub fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    let id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
+    let rd = query.get(2)? & 0x01 != 0;
+    let mut out = Vec::with_capacity(12);
+    header(&mut out, id, rd, false, RCODE_SERVFAIL, [0; 3]);
+    Some(out)
 }
 
 /// Answer one query. `None` means drop it silently: too short to carry an
@@ -317,6 +346,31 @@ mod tests {
         let mut two = query(1, "sandbox.vm", TYPE_A, false);
         two[5] = 2;
         assert_eq!(answer(&two, &names).map(|r| rcode(&r)), Some(RCODE_FORMERR));
+    }
+
+    #[test]
+    fn forwardable_queries_are_outside_the_zone() {
+        assert!(outside_zone(&query(1, "example.com", TYPE_A, true)));
+        assert!(outside_zone(&query(1, "vm.example.com", 28, false)));
+        assert!(outside_zone(&query(1, "", 2, false)), "the root");
+        assert!(!outside_zone(&query(1, "sandbox.vm", TYPE_A, false)));
+        assert!(!outside_zone(&query(1, "VM", TYPE_A, false)));
+        let mut resp = query(1, "example.com", TYPE_A, false);
+        resp[2] |= 0x80;
+        assert!(!outside_zone(&resp), "responses");
+        let mut notify = query(1, "example.com", TYPE_A, false);
+        notify[2] |= 4 << 3;
+        assert!(!outside_zone(&notify), "other opcodes");
+        let mut trunc = query(1, "example.com", TYPE_A, false);
+        trunc.truncate(20);
+        assert!(!outside_zone(&trunc));
+        assert!(!outside_zone(&[0; 5]));
+        let r = servfail(&query(0x4242, "example.com", TYPE_A, false)).expect("id");
+        assert_eq!(
+            (&r[..2], rcode(&r), r[2] & 0x81),
+            (&[0x42, 0x42][..], 2, 0x81)
+        );
+        assert!(servfail(&[1]).is_none());
     }
 
     proptest! {
