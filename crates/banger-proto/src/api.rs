@@ -77,6 +77,9 @@ pub enum Provenance {
     Flag,
     /// Derived from this host (CPU count, RAM).
     HostHeuristic,
+    /// Raised for software emulation (QEMU/TCG): a 1-vCPU guest boots
+    /// about twice as slowly, slow enough to trip boot-time timeouts.
+    TcgHeuristic,
     /// banger's built-in default.
     BuiltIn,
 }
@@ -87,6 +90,9 @@ impl std::fmt::Display for Provenance {
             Provenance::Config => "config",
             Provenance::Flag => "flag",
             Provenance::HostHeuristic => "host heuristic",
+            Provenance::TcgHeuristic => {
+                "host heuristic: at least 2 under QEMU/TCG, 1 vCPU boots twice as slowly"
+            }
             Provenance::BuiltIn => "built-in",
         })
     }

@@ -530,6 +530,13 @@ pub struct Selection {
     pub tsc: TscRate,
 }
 
+impl Selection {
+    /// Guests run in software (QEMU without KVM): boots are CPU-bound.
+    pub fn emulated(&self) -> bool {
+        self.kind == VmmKind::Qemu && self.accel == Accel::Tcg
+    }
+}
+
 /// Looks `program` up on PATH (and the sbin dirs and ~/.cargo/bin a service PATH may lack).
 pub fn find_program(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();

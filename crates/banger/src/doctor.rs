@@ -92,8 +92,10 @@ pub fn run_checks(config: &Config, home: &Path) -> DoctorReport {
         vhost_vsock_bin: None,
     };
     let configured = config.vmm_choice().value.to_string();
+    let mut emulated = false;
     let pick = match banger_vmm::select_vmm(&vmm_config) {
         Result::Ok(sel) => {
+            emulated = sel.emulated();
             for f in sel.findings() {
                 let status = if f.ok { Ok } else { Warn };
                 checks.push(check(
@@ -198,7 +200,7 @@ pub fn run_checks(config: &Config, home: &Path) -> DoctorReport {
 
     checks.push(catalog_check(config, home));
 
-    let spec = config.vm_defaults(HostFacts::probe());
+    let spec = config.vm_defaults(HostFacts::probe().emulated(emulated));
     checks.push(check(
         "vm defaults",
         Ok,

@@ -14,9 +14,10 @@ use crate::{Daemon, DaemonError};
 impl Daemon {
     /// The sizing a create request gets: request, else config/heuristics.
     pub fn resolve_spec(&self, req: &banger_proto::CreateVmRequest) -> VmSpec {
+        let emulated = self.selection.as_ref().is_ok_and(|s| s.emulated());
         let mut spec = self
             .config
-            .vm_defaults(banger_core::config::HostFacts::probe());
+            .vm_defaults(banger_core::config::HostFacts::probe().emulated(emulated));
         if let Some(v) = req.vcpu {
             spec.vcpu = Sourced::new(v, Provenance::Flag);
         }
