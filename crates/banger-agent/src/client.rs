@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use banger_proto::agent::{
     AGENT_PORT, AgentErrorMsg, DATA_CHUNK, ExecRequest, ExitStatus, FrameError, FrameKind,
-    GuestHello, GuestMsg, HostHello, HostMsg, PROTOCOL_VERSION, TtySize, UploadSummary,
-    version_mismatch_message,
+    GuestHello, GuestMsg, HostHello, HostMsg, PROTOCOL_VERSION, ReadinessReport, TtySize,
+    UploadSummary, version_mismatch_message,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -252,6 +252,15 @@ impl AgentClient {
         let ((mut r, _w), _) = self.open(&HostMsg::Shutdown).await?;
         match read_msg(&mut r, "shutdown").await? {
             GuestMsg::ShutdownStarted => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// What the guest's readiness depends on (see [`crate::readiness`]).
+    pub async fn readiness(&self) -> Result<ReadinessReport, AgentError> {
+        let ((mut r, _w), _) = self.open(&HostMsg::Readiness).await?;
+        match read_msg(&mut r, "readiness").await? {
+            GuestMsg::Readiness(report) => Ok(report),
             other => Err(unexpected(other)),
         }
     }

@@ -453,13 +453,6 @@ fn power_off() -> ! {
 const SSHD_START: Duration = Duration::from_secs(20);
 
 /// Whether `/proc/net/tcp`-format `table` has a socket listening on `port`.
-fn listening_in(table: &str, port: u16) -> bool {
-    let want = format!(":{port:04X}");
-    table.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 3 && f[1].ends_with(&want) && f[3] == "0A"
-    })
-}
 
 enum Wait {
     Listening,
@@ -474,7 +467,8 @@ fn wait_listening(port: u16, pid: i32, timeout: Duration) -> Wait {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         for t in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            if listening_in(&std::fs::read_to_string(t).unwrap_or_default(), port) {
+            if crate::readiness::listening_in(&std::fs::read_to_string(t).unwrap_or_default(), port)
+            {
                 return Wait::Listening;
             }
         }
@@ -629,15 +623,6 @@ mod tests {
         assert_eq!(sa.sa_family, libc::AF_INET as libc::sa_family_t);
         // sa_data: 2 port bytes, then the address as written
         assert_eq!(&sa.sa_data[2..6], &[10, 0, 0, 1]);
-    }
-
-    #[test]
-    fn listening_sockets_from_proc_net_tcp() {
-        let t = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1\n   1: 0200A8C0:0016 0100A8C0:D431 01 00000000:00000000 00:00000000 00000000     0        0 2\n";
-        assert!(listening_in(t, 22));
-        assert!(!listening_in(t, 2222));
-        let established_only = "hdr\n   1: 0200A8C0:0016 0100A8C0:D431 01 0 0 0 0 0 2\n";
-        assert!(!listening_in(established_only, 22));
     }
 
     #[test]

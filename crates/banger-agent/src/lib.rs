@@ -8,12 +8,15 @@
 //!   Firecracker's hybrid vsock (`CONNECT <port>`), and
 //!   [`client::ReadinessListener`] for the boot-time announcement.
 //! * [`init`]: `banger-init`, PID 1 for OCI images without an init.
+//! * [`readiness`]: what "ready" means, collected in the guest, judged by
+//!   the host.
 //! * [`unpack`]: tar extraction that can never write outside its target.
 //!
 //! The wire format is in [`banger_proto::agent`].
 
 pub mod client;
 pub mod init;
+pub mod readiness;
 pub mod server;
 pub mod unpack;
 pub mod wire;

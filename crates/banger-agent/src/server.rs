@@ -173,9 +173,15 @@ async fn session(r: &mut Reader, w: &Writer, cfg: &AgentConfig) -> Result<(), Wi
         HostMsg::SyncTime { unix_secs, nanos } => {
             send(w, &sync_time(unix_secs, nanos, cfg.set_clock)).await
         }
+        HostMsg::Readiness => {
+            let report = tokio::task::spawn_blocking(crate::readiness::collect)
+                .await
+                .unwrap_or_default();
+            send(w, &GuestMsg::Readiness(report)).await
+        }
         other @ (HostMsg::Hello(_) | HostMsg::Resize(_) | HostMsg::Signal { .. }) => {
             let m = format!(
-                "{other:?} is not a request; expected ping, exec, upload, download, shutdown or sync_time"
+                "{other:?} is not a request; expected ping, exec, upload, download, shutdown, sync_time or readiness"
             );
             send(w, &err(AgentErrorKind::BadRequest, m)).await
         }

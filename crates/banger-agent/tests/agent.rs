@@ -42,6 +42,33 @@ async fn hello_ping_shutdown_sync_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_reports_this_machine() {
+    let a = serve_in_process();
+    bounded!(async {
+        let r = a.client.readiness().await.expect("readiness");
+        let paths: Vec<&str> = r.home.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, banger_agent::readiness::HOME_PATHS);
+        // /root exists wherever this test runs; its facts are the real ones
+        let root = std::fs::symlink_metadata("/root").expect("/root");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            r.home[0].stat.map(|s| (s.mode, s.uid)),
+            Some((root.mode(), root.uid()))
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+        assert_eq!(
+            r.root_source,
+            banger_agent::readiness::mount_source(&mounts, "/root")
+        );
+        assert_eq!(
+            r.sshd_installed,
+            std::path::Path::new("/usr/sbin/sshd").is_file()
+                || std::path::Path::new("/usr/bin/sshd").is_file()
+        );
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_exit_codes_signals_and_missing_commands() {
     let a = serve_in_process();
     bounded!(async {

@@ -427,6 +427,10 @@ pub enum HostMsg {
     Shutdown,
     /// Set the guest's wall clock to this time (Unix epoch).
     SyncTime { unix_secs: i64, nanos: u32 },
+    /// Report what the user's next step needs. Answered with `Readiness`.
+    /// Agents older than this request answer an error (the host then
+    /// judges readiness without it).
+    Readiness,
 }
 
 /// Control messages from guest to host.
@@ -452,8 +456,56 @@ pub enum GuestMsg {
     TimeSynced {
         offset_ms: i64,
     },
+    /// Answer to `HostMsg::Readiness`.
+    Readiness(ReadinessReport),
     /// The request failed; the connection closes after this.
     Error(AgentErrorMsg),
+}
+
+/// Ownership and mode of one path in the guest (`lstat`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathFacts {
+    pub path: String,
+    /// `None`: the path does not exist.
+    #[serde(default)]
+    pub stat: Option<PathStat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathStat {
+    /// `st_mode` (type and permission bits).
+    pub mode: u32,
+    pub uid: u32,
+}
+
+/// Facts that decide whether a guest is ready for its user, collected by
+/// the agent; the host judges them (`banger_agent::readiness`). Every field
+/// defaults, so an agent and host one field apart still understand each
+/// other.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadinessReport {
+    /// Source of the filesystem mounted on `/root` (e.g. `/dev/vdb`);
+    /// `None` when `/root` is not a mount point.
+    #[serde(default)]
+    pub root_source: Option<String>,
+    /// `/root`, `/root/.ssh`, `/root/.ssh/authorized_keys`, in that order.
+    #[serde(default)]
+    pub home: Vec<PathFacts>,
+    /// Contents of `/root/.ssh/authorized_keys` (public keys; first 64 KiB).
+    #[serde(default)]
+    pub authorized_keys: String,
+    /// The image has an sshd binary.
+    #[serde(default)]
+    pub sshd_installed: bool,
+    /// Something listens on TCP port 22 (v4 or v6).
+    #[serde(default)]
+    pub sshd_listening: bool,
+    /// IPv4 addresses on interfaces other than `lo`.
+    #[serde(default)]
+    pub ipv4: Vec<std::net::Ipv4Addr>,
+    /// An IPv4 default route exists.
+    #[serde(default)]
+    pub default_route: bool,
 }
 
 #[cfg(test)]
