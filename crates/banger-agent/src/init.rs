@@ -452,8 +452,6 @@ fn power_off() -> ! {
 /// (TCG guests load its libraries slowly).
 const SSHD_START: Duration = Duration::from_secs(20);
 
-/// Whether `/proc/net/tcp`-format `table` has a socket listening on `port`.
-
 enum Wait {
     Listening,
     /// The process exited (and was reaped).
