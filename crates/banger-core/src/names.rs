@@ -109,6 +109,13 @@ pub fn random_vm_name() -> String {
     )
 }
 
+/// Whether an image argument is an OCI registry reference (`busybox:1`,
+/// `ghcr.io/org/app`) rather than a store or catalog name: store names
+/// never hold '/' or ':'.
+pub fn is_oci_reference(s: &str) -> bool {
+    s.contains('/') || s.contains(':')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +173,14 @@ mod tests {
                 prop_assert!(!name.contains('/') && !name.contains('.'));
             }
         }
+    }
+
+    #[test]
+    fn oci_references_versus_store_names() {
+        assert!(is_oci_reference("busybox:latest"));
+        assert!(is_oci_reference("127.0.0.1:5000/t/bb:1"));
+        assert!(is_oci_reference("library/busybox"));
+        assert!(!is_oci_reference("debian-bookworm"));
+        assert!(!is_oci_reference("python-3.12-slim"));
     }
 }

@@ -2,85 +2,27 @@
 //! bootable without systemd (banger-init injected, `init=` in its boot
 //! args, booted with an already registered Debian kernel), and register it.
 //!
-//! Wire types of `POST /v1/images/oci-pull` live here (the CLI mirrors
-//! them): a newline-delimited JSON stream of [`OciPullEvent`]s.
+//! The wire types of `POST /v1/images/oci-pull` are banger-proto's
+//! (`OciPullRequest`, `OciPullEvent`).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use banger_image::ext4::{self, GuestEntry};
-use banger_proto::{ApiError, ErrorKind, ImageInfo};
-use serde::{Deserialize, Serialize};
+use banger_proto::{ErrorKind, OciPullEvent, OciPullRequest, OciRunConfig};
 
 use crate::Daemon;
 use crate::DaemonError;
 
-/// Body of `POST /v1/images/oci-pull`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OciPullRequest {
-    /// Any registry reference: `busybox`, `python:3.12-slim`,
-    /// `127.0.0.1:5000/team/app@sha256:…`.
-    pub reference: String,
-    /// Local image name; default: derived from the reference
-    /// ([`image_name_for`]).
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Answer at once with the installed image when one was pulled from
-    /// this reference before (what `vm run --image <ref>` wants), instead of
-    /// asking the registry whether it changed.
-    #[serde(default)]
-    pub if_missing: bool,
-}
-
-/// What `vm run -- CMD` honours from the image's config.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OciRunConfig {
-    /// `KEY=value`, in order.
-    pub env: Vec<String>,
-    pub working_dir: Option<String>,
-    /// Applied per command: the agent resolves it in the guest and runs
-    /// the command as that user.
-    pub user: Option<String>,
-    pub entrypoint: Option<Vec<String>>,
-    pub cmd: Option<Vec<String>>,
-}
-
-impl From<banger_oci::ImageConfig> for OciRunConfig {
-    fn from(c: banger_oci::ImageConfig) -> Self {
-        OciRunConfig {
-            env: c.env,
-            working_dir: c.working_dir,
-            user: c.user,
-            entrypoint: c.entrypoint,
-            cmd: c.cmd,
-        }
+/// What `vm run -- CMD` honours from an image's config.
+fn run_config(c: banger_oci::ImageConfig) -> OciRunConfig {
+    OciRunConfig {
+        env: c.env,
+        working_dir: c.working_dir,
+        user: c.user,
+        entrypoint: c.entrypoint,
+        cmd: c.cmd,
     }
-}
-
-/// One line of the `POST /v1/images/oci-pull` answer: progress lines, then
-/// exactly one `done` or `failed`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum OciPullEvent {
-    Progress {
-        /// 0-based layer index (`layers` for the final ext4 step).
-        layer: usize,
-        layers: usize,
-        digest: String,
-        /// `downloading`, `cached`, `extracting`, `done` or `ext4`.
-        phase: String,
-        done: u64,
-        total: u64,
-    },
-    Done {
-        image: ImageInfo,
-        config: OciRunConfig,
-        /// False when the installed image was current (nothing pulled).
-        pulled: bool,
-    },
-    Failed {
-        error: ApiError,
-    },
 }
 
 /// Origin prefix of images pulled from a registry; the rest is
@@ -135,17 +77,6 @@ pub fn image_name_for(reference: &banger_oci::Reference) -> String {
         name = "oci-image".into();
     }
     name
-}
-
-fn image_info(r: banger_store::ImageRecord) -> ImageInfo {
-    ImageInfo {
-        name: r.name,
-        digest: r.digest,
-        kernel: r.kernel,
-        size_bytes: r.size_bytes,
-        origin: r.origin,
-        created_at: r.created_at,
-    }
 }
 
 fn progress_event(p: &banger_oci::Progress) -> OciPullEvent {
@@ -243,7 +174,7 @@ impl Daemon {
             return None;
         }
         let cfg = banger_oci::ImageConfig::load(Path::new(&img.dir)).ok()?;
-        Some((img, cfg.into()))
+        Some((img, run_config(cfg)))
     }
 
     /// Pulls `req.reference`, makes it bootable, registers it (blocking:
@@ -277,7 +208,7 @@ impl Daemon {
             };
             if current {
                 return Ok(OciPullEvent::Done {
-                    image: image_info(img),
+                    image: crate::images::image_info(img),
                     config,
                     pulled: false,
                 });
@@ -334,8 +265,8 @@ impl Daemon {
             Ok((img, _)) => {
                 tracing::info!(image = %name, origin = %img.origin, "OCI image registered");
                 Ok(OciPullEvent::Done {
-                    image: image_info(img),
-                    config: pulled.config.into(),
+                    image: crate::images::image_info(img),
+                    config: run_config(pulled.config),
                     pulled: true,
                 })
             }
@@ -422,16 +353,5 @@ mod tests {
         for n in [pinned, long, name("quay.io/a_b/c.d:E")] {
             banger_core::names::validate_image_name(&n).expect("valid store name");
         }
-    }
-
-    #[test]
-    fn events_are_tagged_lines() {
-        let ev = OciPullEvent::Failed {
-            error: ApiError::new(ErrorKind::Conflict, "x"),
-        };
-        let s = serde_json::to_string(&ev).expect("json");
-        assert!(s.starts_with("{\"event\":\"failed\""), "{s}");
-        let back: OciPullEvent = serde_json::from_str(&s).expect("parse");
-        assert_eq!(back, ev);
     }
 }

@@ -372,6 +372,59 @@ pub struct BundleInfo {
     pub size_bytes: u64,
 }
 
+/// Body of `POST /v1/images/ensure`: make image `name` present, the way
+/// `vm run` needs it (the catalog's signed bundle first; for the default
+/// image, a local build when the catalog cannot supply it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnsureImageRequest {
+    pub name: String,
+}
+
+/// What the daemon is doing to make an image present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnsureStep {
+    /// Pulling the catalog's signed bundle.
+    Catalog,
+    /// Building the image locally (mmdebstrap; minutes).
+    Build,
+}
+
+/// How the image came to be present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnsureSource {
+    /// It was already here.
+    Present,
+    /// Pulled from the catalog now.
+    Pulled,
+    /// Built locally now.
+    Built,
+}
+
+/// One line of the `POST /v1/images/ensure` answer: steps and pull
+/// progress, then exactly one `done` or `failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EnsureEvent {
+    /// A step begins; `message` says why, for people.
+    Step {
+        step: EnsureStep,
+        message: String,
+    },
+    /// Progress of the catalog pull.
+    Progress {
+        progress: PullProgress,
+    },
+    Done {
+        image: ImageInfo,
+        source: EnsureSource,
+    },
+    Failed {
+        error: ApiError,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

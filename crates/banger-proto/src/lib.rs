@@ -4,6 +4,8 @@
 
 pub mod agent;
 pub mod api;
+pub mod oci;
 pub mod root;
 
 pub use api::*;
+pub use oci::{OciPullEvent, OciPullRequest, OciRunConfig};

@@ -237,35 +237,12 @@ fn pull_registers_image_and_kernel_and_streams_progress() {
     );
 
     // over the API: NDJSON progress lines, then the image
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let lines = rt.block_on(async {
-        use http_body_util::BodyExt;
-        use tower::ServiceExt;
-        let body = serde_json::to_vec(&PullImageRequest {
-            local_name: Some("second".into()),
-            ..req("test-image")
-        })
-        .expect("json");
-        let resp = bangerd::api::router(Arc::clone(&d))
-            .oneshot(
-                axum::http::Request::post("/v1/images/pull")
-                    .header("content-type", "application/json")
-                    .body(axum::body::Body::from(body))
-                    .expect("request"),
-            )
-            .await
-            .expect("response");
-        assert_eq!(resp.status(), 200);
-        let bytes = tokio::time::timeout(
-            std::time::Duration::from_secs(60),
-            resp.into_body().collect(),
-        )
-        .await
-        .expect("pull stream ends within 60 s")
-        .expect("body")
-        .to_bytes();
-        String::from_utf8(bytes.to_vec()).expect("utf8")
-    });
+    let body = serde_json::to_vec(&PullImageRequest {
+        local_name: Some("second".into()),
+        ..req("test-image")
+    })
+    .expect("json");
+    let lines = post_stream(&d, "/v1/images/pull", body);
     let events: Vec<PullEvent> = lines
         .lines()
         .map(|l| serde_json::from_str(l).expect("each line is a PullEvent"))
@@ -388,4 +365,110 @@ fn start_removes_what_a_killed_pull_left() {
         assert!(!l.exists(), "{} removed at start", l.display());
     }
     assert!(part.exists(), "resumable .part kept");
+}
+
+/// POSTs `body` to a streaming route through the router; the whole answer.
+fn post_stream(d: &Arc<Daemon>, path: &str, body: Vec<u8>) -> String {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let resp = bangerd::api::router(Arc::clone(d))
+            .oneshot(
+                axum::http::Request::post(path)
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(body))
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(resp.status(), 200);
+        let bytes = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            resp.into_body().collect(),
+        )
+        .await
+        .expect("the stream ends within 60 s")
+        .expect("body")
+        .to_bytes();
+        String::from_utf8(bytes.to_vec()).expect("utf8")
+    })
+}
+
+/// `POST /v1/images/ensure` as `vm run` uses it; the NDJSON lines it sent.
+fn ensure_over_api(d: &Arc<Daemon>, name: &str) -> Vec<banger_proto::EnsureEvent> {
+    let body =
+        serde_json::to_vec(&banger_proto::EnsureImageRequest { name: name.into() }).expect("json");
+    post_stream(d, "/v1/images/ensure", body)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is an EnsureEvent"))
+        .collect()
+}
+
+#[test]
+fn ensure_pulls_from_the_catalog_once_then_finds_the_image_present() {
+    use banger_proto::{EnsureEvent as E, EnsureSource, EnsureStep};
+    if skip() {
+        return;
+    }
+    let b = make_bundle();
+    let srv = FileServer::start(b.served.clone());
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = daemon(tmp.path(), &b, &srv.url("b"));
+
+    let events = ensure_over_api(&d, "test-image");
+    assert!(
+        matches!(
+            events.first(),
+            Some(E::Step {
+                step: EnsureStep::Catalog,
+                ..
+            })
+        ),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| matches!(e, E::Progress { .. })));
+    match events.last() {
+        Some(E::Done { image, source }) => {
+            assert_eq!(
+                (image.name.as_str(), *source),
+                ("test-image", EnsureSource::Pulled)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let served = srv.log().len();
+    let events = ensure_over_api(&d, "test-image");
+    assert!(
+        matches!(
+            events.as_slice(),
+            [E::Done {
+                source: EnsureSource::Present,
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+    assert_eq!(srv.log().len(), served, "nothing fetched the second time");
+
+    // Not in the catalog and not the default image: refused, no build.
+    let events = ensure_over_api(&d, "elsewhere");
+    match events.last() {
+        Some(E::Failed { error }) => {
+            assert_eq!(error.kind, banger_proto::ErrorKind::NotFound);
+            assert!(
+                error.message.contains("the catalog cannot supply it"),
+                "{}",
+                error.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!events.iter().any(|e| matches!(
+        e,
+        E::Step {
+            step: EnsureStep::Build,
+            ..
+        }
+    )));
 }

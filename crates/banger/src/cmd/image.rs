@@ -95,7 +95,7 @@ pub async fn run_image(client: &Client, c: ImageCommand) -> anyhow::Result<ExitC
             outln!("deleted image {}", i.name)?;
         }
         ImageCommand::Pull(a) => {
-            if oci_reference_error(&a.reference).is_some() {
+            if banger_core::names::is_oci_reference(&a.reference) {
                 return super::oci::run_pull(client, &a.reference, a.name.as_deref()).await;
             }
             let i = match pull(client, &a.reference, a.name).await {
@@ -246,17 +246,6 @@ pub async fn run_kernel(client: &Client, c: KernelCommand) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-/// Catalog names are plain names; '/' or ':' means an OCI reference
-/// (`image pull` then takes the OCI path).
-pub(crate) fn oci_reference_error(name: &str) -> Option<String> {
-    (name.contains('/') || name.contains(':')).then(|| {
-        format!(
-            "{name:?} is an OCI reference, not a catalog name such as {}",
-            banger_core::config::DEFAULT_IMAGE_NAME
-        )
-    })
-}
-
 /// How a pull failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PullError {
@@ -315,13 +304,13 @@ pub(crate) async fn pull(
 
 /// Draws pull progress: an indicatif bar when stderr is a terminal, plain
 /// lines (one per phase and file) otherwise.
-struct ProgressView {
+pub(crate) struct ProgressView {
     bar: Option<indicatif::ProgressBar>,
     last: String,
 }
 
 impl ProgressView {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         use std::io::IsTerminal;
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = indicatif::ProgressBar::new(0);
@@ -341,7 +330,7 @@ impl ProgressView {
         }
     }
 
-    fn update(&mut self, p: &PullProgress) {
+    pub(crate) fn update(&mut self, p: &PullProgress) {
         let key = format!("{} {}", p.phase, p.file);
         match &self.bar {
             Some(b) => {
@@ -361,7 +350,7 @@ impl ProgressView {
         self.last = key;
     }
 
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use banger_agent::client::AgentClient;
 use banger_proto::agent::{ExecRequest, TtySize};
-use banger_proto::{CreateVmResponse, ErrorKind, ImageInfo, VmInfo};
+use banger_proto::{CreateVmResponse, VmInfo};
 
 use crate::api_path;
 use crate::cli::{VmExecArgs, VmLogsArgs, VmRunArgs, VmSshArgs};
-use crate::client::{Client, ClientError};
+use crate::client::Client;
 use crate::cmd::{ssh, vm};
 use crate::workspace::{self, Source};
 
@@ -59,60 +59,64 @@ impl Phases {
     }
 }
 
+/// Makes image `name` present through the daemon (`POST /v1/images/ensure`:
+/// the catalog first, a local build of the default image when the catalog
+/// cannot supply it) and renders what it does.
 async fn ensure_image(client: &Client, name: &str, phases: &mut Phases) -> anyhow::Result<()> {
-    match client.get::<ImageInfo>(&api_path::image(name)?).await {
-        Ok(_) => return Ok(()),
-        Err(ClientError::Api(e)) if e.kind == ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
-    }
-    // The signed catalog bundle takes seconds to minutes; a local build,
-    // minutes. Build only when the bundle cannot be had (no catalog entry,
-    // server unreachable): a bundle that fails verification is an error,
-    // never silently replaced.
-    phases.begin(&format!("image {name} is not here yet: trying the catalog"));
-    eprintln!("banger: image {name} is not present locally; pulling the signed catalog bundle");
-    let why = match super::image::pull(client, name, None).await {
-        Ok(i) => {
-            eprintln!("banger: pulled image {} ({})", i.name, i.origin);
-            phases.end("image");
-            return Ok(());
-        }
-        Err(super::image::PullError::Failed {
-            message,
-            unavailable: true,
-        }) => message,
-        Err(e) => {
-            return Err(anyhow::anyhow!(
-                "{e}\n(`banger image build {name}` builds the image locally instead)"
-            ));
-        }
+    use banger_proto::{EnsureEvent, EnsureSource, EnsureStep};
+    let req = banger_proto::EnsureImageRequest {
+        name: name.to_string(),
     };
-    // Only the default image is what a local build produces.
-    if name != banger_core::config::DEFAULT_IMAGE_NAME {
-        bail!(
-            "no image named {name:?} here, and the catalog cannot supply it: {why}\n\
-             Build it (`banger image build {name}`), register one (`banger image register`), \
-             or pull an OCI image (`banger image pull REF --name {name}`)"
-        );
-    }
-    phases.begin(&format!(
-        "image {name}: building it from Debian packages (a few minutes, once)"
-    ));
-    eprintln!(
-        "banger: no catalog bundle for {name} ({why}); building it locally with mmdebstrap instead"
-    );
-    let _: ImageInfo = client
-        .post(
-            "/v1/images/build",
-            &banger_proto::BuildImageRequest {
-                name: name.to_string(),
-                profile: "full".into(),
-                mirror: None,
+    let mut view: Option<super::image::ProgressView> = None;
+    let mut result: Option<anyhow::Result<()>> = None;
+    client
+        .post_lines(
+            "/v1/images/ensure",
+            &req,
+            |line| match serde_json::from_slice::<EnsureEvent>(line) {
+                Ok(EnsureEvent::Step { step, message }) => {
+                    if let Some(mut v) = view.take() {
+                        v.finish();
+                    }
+                    phases.begin(&match step {
+                        EnsureStep::Catalog => {
+                            format!("image {name} is not here yet: trying the catalog")
+                        }
+                        EnsureStep::Build => format!(
+                            "image {name}: building it from Debian packages (a few minutes, once)"
+                        ),
+                    });
+                    eprintln!("banger: {message}");
+                }
+                Ok(EnsureEvent::Progress { progress }) => view
+                    .get_or_insert_with(|| super::image::ProgressView::new(name))
+                    .update(&progress),
+                Ok(EnsureEvent::Done { image, source }) => {
+                    if let Some(mut v) = view.take() {
+                        v.finish();
+                    }
+                    if source == EnsureSource::Pulled {
+                        eprintln!("banger: pulled image {} ({})", image.name, image.origin);
+                    }
+                    if source != EnsureSource::Present {
+                        phases.end("image");
+                    }
+                    result = Some(Ok(()));
+                }
+                Ok(EnsureEvent::Failed { error }) => {
+                    result = Some(Err(anyhow::anyhow!(error.message)))
+                }
+                Err(e) => {
+                    result = Some(Err(anyhow::anyhow!(
+                        "bangerd sent an unreadable image event: {e}"
+                    )))
+                }
             },
         )
         .await?;
-    phases.end("image");
-    Ok(())
+    result.unwrap_or_else(|| {
+        bail!("bangerd ended the image check without saying how it went; see its log")
+    })
 }
 
 pub(crate) fn agent_for(vm: &VmInfo) -> anyhow::Result<AgentClient> {
@@ -215,7 +219,7 @@ pub async fn vm_run(client: &Client, a: VmRunArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| config.image_name().value);
     // An OCI reference is pulled on demand and runs under its store name.
-    let (image, oci) = if super::oci::is_reference(&image) {
+    let (image, oci) = if banger_core::names::is_oci_reference(&image) {
         let p = super::oci::ensure(client, &image).await?;
         (p.image.name, Some(p.config))
     } else {
@@ -303,7 +307,7 @@ async fn run_in_vm(
     name: &str,
     workspace: Option<(std::path::PathBuf, Source, Vec<std::path::PathBuf>)>,
     key: &Path,
-    oci: Option<&super::oci::RunConfig>,
+    oci: Option<&banger_proto::OciRunConfig>,
     phases: &mut Phases,
 ) -> Result<i32, RunError> {
     phases.begin("waiting for the guest to boot");

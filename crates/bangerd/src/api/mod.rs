@@ -70,6 +70,25 @@ impl From<banger_core::names::NameError> for ApiErr {
 
 pub type ApiResult<T> = Result<Json<T>, ApiErr>;
 
+/// A newline-delimited JSON answer: one line per event from `rx`, until its
+/// senders are gone. The status is 200 once streaming starts; the events
+/// themselves say how the work ended.
+pub fn ndjson<T: serde::Serialize + Send + 'static>(
+    rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> Response {
+    use tokio_stream::StreamExt;
+    let lines = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|ev| {
+        let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(line))
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
+}
+
 /// `Json<T>` whose rejection is a typed [`ApiError`] instead of axum's text.
 pub struct ApiJson<T>(pub T);
 

@@ -2,11 +2,11 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
+use banger_proto::{OciPullEvent, OciPullRequest};
 
-use super::{ApiJson, AppState};
-use banger_daemon::oci::{OciPullEvent, OciPullRequest};
+use super::{ApiJson, AppState, ndjson};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/images/oci-pull", post(oci_pull))
@@ -16,7 +16,6 @@ pub fn routes() -> Router<AppState> {
 /// then one `done` or `failed` line. The answer is 200 once streaming
 /// starts; the last line says how the pull ended.
 async fn oci_pull(State(d): State<AppState>, ApiJson(req): ApiJson<OciPullRequest>) -> Response {
-    use tokio_stream::StreamExt;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<OciPullEvent>();
     // The pull runs to its end even if the client goes away: a finished
     // pull is registered, an unfinished one leaves nothing.
@@ -34,14 +33,5 @@ async fn oci_pull(State(d): State<AppState>, ApiJson(req): ApiJson<OciPullReques
         };
         let _ = tx.send(last);
     });
-    let lines = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|ev| {
-        let mut line = serde_json::to_vec(&ev).unwrap_or_default();
-        line.push(b'\n');
-        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(line))
-    });
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
-        axum::body::Body::from_stream(lines),
-    )
-        .into_response()
+    ndjson(rx)
 }
