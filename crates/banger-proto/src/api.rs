@@ -191,6 +191,10 @@ pub struct VmInfo {
     /// The warm snapshot this VM was restored from (its disks are overlays on it).
     #[serde(default)]
     pub restored_from: Option<String>,
+    /// Memory the running VMM has written and shares with nobody (`Private_Dirty` of
+    /// /proc/PID/smaps_rollup): what a VM restored from a snapshot costs beyond it.
+    #[serde(default)]
+    pub private_memory_bytes: Option<u64>,
 }
 
 /// Body of `POST /v1/vms`.

@@ -336,6 +336,16 @@ pub async fn adopt(handle: VmmHandle) -> Adoption {
     Adoption::Gone { reason }
 }
 
+/// `Private_Dirty` of `/proc/<pid>/smaps_rollup` in bytes: memory the process wrote and
+/// maps alone (a restored VM's copy-on-write pages; a booted VM's touched RAM).
+pub fn private_dirty_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Private_Dirty:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
 /// The last `lines` lines of a log file, for error messages.
 pub fn log_tail(path: &Path, lines: usize) -> String {
     match std::fs::read(path) {
@@ -351,6 +361,16 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_memory_of_this_process_is_read() {
+        let before = private_dirty_bytes(std::process::id()).expect("smaps_rollup");
+        let big = vec![1u8; 64 << 20];
+        let after = private_dirty_bytes(std::process::id()).expect("smaps_rollup");
+        assert!(after >= before + (60 << 20), "{before} -> {after}");
+        drop(big);
+        assert_eq!(private_dirty_bytes(u32::MAX), None);
+    }
 
     #[test]
     fn own_identity_is_alive_and_a_wrong_start_time_is_not() {

@@ -126,3 +126,8 @@ impl Daemon {
         VmDir::new(self.paths.vm_dir(name))
     }
 }
+
+/// What a running VMM process holds that it shares with nobody (see `vm show`).
+pub fn private_memory_bytes(pid: u32) -> Option<u64> {
+    banger_vmm::process::private_dirty_bytes(pid)
+}

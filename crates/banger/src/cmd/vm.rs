@@ -101,6 +101,23 @@ fn print_vm(v: &VmInfo) -> std::io::Result<()> {
             },
         ),
         ("created", output::age(v.created_at)),
+        (
+            "private",
+            v.private_memory_bytes
+                .map(|b| {
+                    format!(
+                        "{} (memory not shared with a snapshot or other VMs)",
+                        format_size(b)
+                    )
+                })
+                .unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "restored",
+            v.restored_from
+                .clone()
+                .unwrap_or_else(|| "no (booted)".into()),
+        ),
     ];
     for (k, val) in rows {
         outln!("{k:<9} {val}")?;

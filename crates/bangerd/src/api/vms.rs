@@ -30,8 +30,13 @@ pub fn vm_info(d: &Daemon, r: VmRecord) -> VmInfo {
     let running = r.state == banger_proto::VmState::Running;
     let vsock = d.vm_dir(&r.name).vsock();
     let restored_from = banger_daemon::vms::extra_of(&r).warm_from;
+    let private_memory_bytes = running
+        .then_some(r.pid)
+        .flatten()
+        .and_then(banger_daemon::vms::private_memory_bytes);
     VmInfo {
         restored_from,
+        private_memory_bytes,
         agent_ready: running && d.agent_ready(&r.name),
         vsock_path: (running && vsock.exists()).then(|| vsock.display().to_string()),
         name: r.name,
