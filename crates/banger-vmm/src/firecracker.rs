@@ -6,9 +6,6 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use crate::error::VmmError;
@@ -166,50 +163,22 @@ pub async fn api_call(
     path: &str,
     body: Option<&Value>,
     timeout: Duration,
-) -> Result<(u16, Bytes), VmmError> {
+) -> Result<(u16, Vec<u8>), VmmError> {
     let http_err = |detail: String| VmmError::Http {
         method: method.to_string(),
         path: path.to_string(),
         detail,
     };
     let fut = async {
-        let stream = tokio::net::UnixStream::connect(socket)
-            .await
-            .map_err(|e| http_err(format!("connect {}: {e}", socket.display())))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| http_err(format!("handshake: {e}")))?;
-        let conn_task = tokio::spawn(conn);
         let bytes = match body {
-            Some(b) => Bytes::from(
-                serde_json::to_vec(b).map_err(|e| http_err(format!("encode body: {e}")))?,
-            ),
-            None => Bytes::new(),
+            Some(b) => {
+                Some(serde_json::to_vec(b).map_err(|e| http_err(format!("encode body: {e}")))?)
+            }
+            None => None,
         };
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("Host", "localhost")
-            .header("Accept", "application/json");
-        if body.is_some() {
-            req = req.header("Content-Type", "application/json");
-        }
-        let req = req
-            .body(Full::new(bytes))
-            .map_err(|e| http_err(format!("build request: {e}")))?;
-        let resp = sender
-            .send_request(req)
+        crate::fc_http::request(socket, method, path, bytes.as_deref())
             .await
-            .map_err(|e| http_err(format!("send: {e}")))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| http_err(format!("read response: {e}")))?
-            .to_bytes();
-        conn_task.abort();
-        Ok((status, body))
+            .map_err(http_err)
     };
     tokio::time::timeout(timeout, fut)
         .await

@@ -12,6 +12,7 @@
 
 pub mod disk;
 pub mod error;
+mod fc_http;
 pub mod firecracker;
 pub mod firecracker_snapshot;
 pub mod host;
