@@ -275,6 +275,7 @@ struct RawDns {
     port: Option<u16>,
     listen: Option<Ipv4Addr>,
     auto_resolved: Option<bool>,
+    upstream_resolv_conf: Option<AnchoredPath>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -327,6 +328,9 @@ pub struct Config {
     pub dns_port: Option<u16>,
     pub dns_listen: Option<Ipv4Addr>,
     pub dns_auto_resolved: Option<bool>,
+    /// The resolv.conf whose nameservers answer guests' names outside
+    /// `.vm`; default: systemd-resolved's uplinks, else /etc/resolv.conf.
+    pub dns_upstream_resolv_conf: Option<AnchoredPath>,
 }
 
 /// What the host offers, for the sizing heuristics. Separate from the
@@ -450,6 +454,7 @@ impl Config {
             dns_port: dns.port,
             dns_listen: dns.listen,
             dns_auto_resolved: dns.auto_resolved,
+            dns_upstream_resolv_conf: dns.upstream_resolv_conf,
         })
     }
 
@@ -517,6 +522,23 @@ impl Config {
             prefix: 24,
         });
         sourced(self.subnet, builtin)
+    }
+
+    /// Where the `.vm` server listens: `[dns] listen` (else the bridge
+    /// gateway) on `[dns] port`.
+    pub fn dns_socket_addr(&self) -> std::net::SocketAddr {
+        let ip = self
+            .dns_listen
+            .unwrap_or_else(|| self.vm_subnet().value.gateway());
+        std::net::SocketAddr::from((ip, self.dns_port().value))
+    }
+
+    /// `[dns] upstream_resolv_conf`, expanded; `None`: the host's own
+    /// (systemd-resolved's uplinks, else /etc/resolv.conf).
+    pub fn dns_upstream_file(&self, home: &Path) -> Option<PathBuf> {
+        self.dns_upstream_resolv_conf
+            .as_ref()
+            .map(|p| p.expand(home))
     }
 
     pub fn dns_port(&self) -> Sourced<u16> {
@@ -623,6 +645,14 @@ impl Config {
         push("dns.listen", v, src);
         let s = sourced(self.dns_auto_resolved, true);
         push("dns.auto_resolved", json!(s.value), s.source);
+        let (v, src) = match &self.dns_upstream_resolv_conf {
+            Some(p) => (json!(p.expand(home)), Provenance::Config),
+            None => (
+                json!("/run/systemd/resolve/resolv.conf, else /etc/resolv.conf"),
+                Provenance::BuiltIn,
+            ),
+        };
+        push("dns.upstream_resolv_conf", v, src);
         rows
     }
 }
@@ -730,6 +760,7 @@ no_egress = true
 
 [dns]
 port = 5353
+upstream_resolv_conf = "/run/NetworkManager/no-stub-resolv.conf"
 "#,
         )
         .expect("valid config");
@@ -746,6 +777,12 @@ port = 5353
         assert_eq!(spec.memory_mib, Sourced::new(4096, Provenance::Config));
         assert_eq!(spec.disk_bytes, Sourced::new(16 << 30, Provenance::Config));
         assert_eq!(c.dns_port(), Sourced::new(5353, Provenance::Config));
+        assert_eq!(
+            c.dns_upstream_resolv_conf
+                .as_ref()
+                .map(|p| p.expand(Path::new("/home/u"))),
+            Some(PathBuf::from("/run/NetworkManager/no-stub-resolv.conf"))
+        );
     }
 
     /// Each invalid file and the exact error it must produce.

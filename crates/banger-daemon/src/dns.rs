@@ -40,12 +40,18 @@ pub async fn start_dns(daemon: &Arc<Daemon>, opts: &Options) -> Option<banger_dn
                     }
                 }
             }
-            let ip = daemon.config.dns_listen.unwrap_or_else(|| subnet.gateway());
-            std::net::SocketAddr::from((ip, daemon.config.dns_port().value))
+            daemon.config.dns_socket_addr()
         }
     };
+    // Names outside .vm go to the host's real upstreams, for guests with
+    // egress allowed (banger_dns::forward).
+    let home = banger_core::host::home_dir().unwrap_or_default();
+    let forwarder = banger_dns::Forwarder::new(
+        banger_dns::UpstreamSource::from_file(daemon.config.dns_upstream_file(&home)),
+        daemon.dns_clients.clone(),
+    );
     let server = match banger_dns::DnsServer::bind(addr, daemon.dns_names.clone()).await {
-        Ok(s) => s,
+        Ok(s) => s.with_forwarder(forwarder),
         Err(e) => {
             tracing::warn!("no .vm DNS: cannot listen on {addr}: {e}");
             return None;

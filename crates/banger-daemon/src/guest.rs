@@ -3,7 +3,6 @@
 //! the work disk that becomes the guest's /root.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -43,14 +42,26 @@ pub fn generate_host_key(path: &Path, vm: &str) -> anyhow::Result<HostKey> {
     })
 }
 
+/// The work disk is the guest's /root. systemd waits for its device as
+/// long as the boot takes (a 1-vCPU TCG guest's udev settled after the old
+/// 10 s device timeout, leaving /root on the root disk without
+/// authorized_keys); nofail keeps a broken work disk from sending the guest
+/// to emergency mode, where the agent could not say what is wrong. Whether
+/// /root really is the work disk is checked before the VM counts as ready
+/// (`crate::readiness`).
+pub fn fstab_line() -> String {
+    format!(
+        "# banger: the VM's work disk\n{} /root ext4 defaults,nofail,x-systemd.device-timeout=infinity 0 2\n",
+        crate::readiness::WORK_DEVICE
+    )
+}
+
 /// Writes the VM's identity into its root disk.
 pub fn personalise_root(root_disk: &Path, vm: &str, key: &HostKey) -> anyhow::Result<()> {
     let hosts = format!(
         "127.0.0.1\tlocalhost\n127.0.1.1\t{vm}.vm {vm}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
     );
-    // The work disk is the guest's /root; nofail keeps a guest without it
-    // bootable (it then has the image's own /root).
-    let fstab = "# banger: the VM's work disk\n/dev/vdb /root ext4 defaults,nofail,x-systemd.device-timeout=10s 0 2\n";
+    let fstab = fstab_line();
     ext4::write_files(
         root_disk,
         &[
@@ -192,19 +203,49 @@ fn write_atomic(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The host's first non-loopback resolver, for guests' outbound DNS. A
-/// loopback stub (systemd-resolved's 127.0.0.53) is unreachable from a guest.
-pub fn host_nameserver() -> Option<Ipv4Addr> {
-    let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
-        .find(|a| !a.is_loopback())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The guest's own systemd turns the fstab line into units: the work
+    /// disk's device is waited for without a timeout.
+    #[test]
+    fn systemd_waits_for_the_work_disk_without_a_timeout() {
+        let generator = Path::new("/usr/lib/systemd/system-generators/systemd-fstab-generator");
+        if !generator.exists() {
+            eprintln!("SKIP: no systemd-fstab-generator (Debian package systemd)");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tmp");
+        let fstab = dir.path().join("fstab");
+        std::fs::write(&fstab, fstab_line()).expect("fstab");
+        let out: Vec<_> = ["normal", "early", "late"]
+            .iter()
+            .map(|d| dir.path().join(d))
+            .collect();
+        for d in &out {
+            std::fs::create_dir(d).expect("mkdir");
+        }
+        let st = Command::new(generator)
+            .args(&out)
+            .env("SYSTEMD_FSTAB", &fstab)
+            .env("SYSTEMD_PROC_CMDLINE", "")
+            .status()
+            .expect("run the generator");
+        assert!(st.success());
+        let mount = std::fs::read_to_string(out[0].join("root.mount")).expect("root.mount");
+        assert!(
+            mount.contains("What=/dev/vdb") && mount.contains("Where=/root"),
+            "{mount}"
+        );
+        let timeout =
+            std::fs::read_to_string(out[0].join("dev-vdb.device.d/50-device-timeout.conf"))
+                .expect("device timeout drop-in");
+        assert!(
+            timeout.contains("JobRunningTimeoutSec=infinity"),
+            "{timeout}"
+        );
+    }
 
     #[test]
     fn pinning_replaces_only_this_vms_line() {

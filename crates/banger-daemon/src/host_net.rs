@@ -107,7 +107,13 @@ impl HostNetwork for RootNetwork {
                     allowed: w.egress,
                 },
             )
-            .await
+            .await?;
+            if w.egress {
+                // NAT routes nothing while the host does not forward (the
+                // default on Debian/Ubuntu without Docker).
+                self.call(&what, RootOp::EnableForwarding).await?;
+            }
+            Ok(())
         })
     }
 

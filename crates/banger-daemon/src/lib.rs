@@ -11,6 +11,7 @@ pub mod host_net;
 pub mod identity;
 pub mod images;
 pub mod oci;
+pub mod readiness;
 pub mod vm_dir;
 pub mod vms;
 pub mod warm;
@@ -40,6 +41,11 @@ pub struct Daemon {
     pub stop_grace: std::time::Duration,
     /// Names served by the `.vm` DNS zone.
     pub dns_names: banger_dns::NameTable,
+    /// Guests whose DNS questions outside `.vm` are forwarded upstream
+    /// (those with egress allowed).
+    pub dns_clients: banger_dns::ForwardClients,
+    /// The nameserver guests are given (see `banger_dns::forward`).
+    pub guest_dns: Option<std::net::Ipv4Addr>,
     pub slots: vms::Slots,
     /// Warm snapshots being made.
     pub warm: warm::WarmState,
@@ -51,6 +57,9 @@ pub struct Wiring {
     pub selection: Result<banger_vmm::Selection, String>,
     pub network: Arc<dyn HostNetwork>,
     pub stop_grace: std::time::Duration,
+    /// The nameserver guests are given: banger's own server where guests
+    /// can reach it, else the host's first upstream they can.
+    pub guest_dns: Option<std::net::Ipv4Addr>,
 }
 
 impl Wiring {
@@ -80,10 +89,16 @@ impl Wiring {
                 paths.root_socket.clone(),
             )))
         };
+        let guest_dns = banger_dns::forward::guest_nameserver(
+            // A test's own DNS address (opts.dns_listen) is not for guests.
+            opts.dns_listen.is_none().then(|| config.dns_socket_addr()),
+            &banger_dns::UpstreamSource::from_file(config.dns_upstream_file(&home)),
+        );
         Wiring {
             selection,
             network,
             stop_grace: vms::STOP_GRACE,
+            guest_dns,
         }
     }
 }
@@ -155,6 +170,8 @@ impl Daemon {
             network: wiring.network,
             stop_grace: wiring.stop_grace,
             dns_names: banger_dns::NameTable::new(),
+            dns_clients: banger_dns::ForwardClients::new(),
+            guest_dns: wiring.guest_dns,
             slots: vms::Slots::default(),
             warm: warm::WarmState::default(),
         };

@@ -13,6 +13,7 @@ const HANDLE_FILE: &str = "vmm.json";
 const CONSOLE_LOG: &str = "console.log";
 const VSOCK: &str = "v.sock";
 const HOST_KEY: &str = "ssh_host_ed25519_key";
+const AUTHORIZED_KEY: &str = "authorized_key.pub";
 
 /// `<state>/vms/<name>/`. Derefs to its path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +51,11 @@ impl VmDir {
     /// The VM's ssh host private key (its `.pub` beside it).
     pub fn host_key(&self) -> PathBuf {
         self.0.join(HOST_KEY)
+    }
+
+    /// The public key authorized at create, kept for the readiness checks.
+    pub fn authorized_key(&self) -> PathBuf {
+        self.0.join(AUTHORIZED_KEY)
     }
 
     /// Creates the directory, private to the owner.

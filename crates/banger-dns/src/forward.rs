@@ -23,7 +23,7 @@
 //! relayed with its TC bit.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -68,6 +68,11 @@ pub enum UpstreamSource {
 }
 
 impl UpstreamSource {
+    /// A configured file, else the host's own.
+    pub fn from_file(file: Option<PathBuf>) -> Self {
+        file.map_or(UpstreamSource::Host, UpstreamSource::File)
+    }
+
     /// The file to read now.
     pub fn path(&self) -> PathBuf {
         match self {
@@ -97,6 +102,27 @@ impl UpstreamSource {
             .filter(|a| Some(*a) != own && !own.is_some_and(|o| is_wildcard_self(o, *a)))
             .collect();
         (path, addrs)
+    }
+}
+
+/// The nameserver a guest is given. banger's own server when guests can
+/// use it (`server` is where it listens for them, on port 53: a resolver
+/// line has no port): it answers `.vm` and forwards the rest. Else the
+/// first non-loopback IPv4 upstream (guests then cannot resolve `.vm`).
+pub fn guest_nameserver(
+    server: Option<SocketAddr>,
+    upstreams: &UpstreamSource,
+) -> Option<Ipv4Addr> {
+    match server {
+        Some(SocketAddr::V4(a)) if a.port() == 53 && !a.ip().is_unspecified() => Some(*a.ip()),
+        _ => upstreams
+            .read(None)
+            .1
+            .into_iter()
+            .find_map(|u| match u.ip() {
+                IpAddr::V4(ip) if !ip.is_loopback() => Some(ip),
+                _ => None,
+            }),
     }
 }
 
@@ -298,6 +324,30 @@ mod tests {
         );
         let (_, none) = UpstreamSource::File(dir.path().join("missing")).read(None);
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn guests_use_banger_when_it_serves_port_53() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("resolv.conf");
+        std::fs::write(
+            &f,
+            "nameserver 127.0.0.53\nnameserver ::1\nnameserver 198.18.0.2\n",
+        )
+        .expect("write");
+        let src = UpstreamSource::File(f);
+        let gw = Ipv4Addr::new(172, 16, 0, 1);
+        assert_eq!(guest_nameserver(Some((gw, 53).into()), &src), Some(gw));
+        // elsewhere guests cannot use it: the first upstream they can reach
+        let fallback = Some(Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(guest_nameserver(Some((gw, 5353).into()), &src), fallback);
+        assert_eq!(guest_nameserver(None, &src), fallback);
+        let only_stub = dir.path().join("stub.conf");
+        std::fs::write(&only_stub, "nameserver 127.0.0.53\n").expect("write");
+        assert_eq!(
+            guest_nameserver(None, &UpstreamSource::File(only_stub)),
+            None
+        );
     }
 
     #[test]

@@ -63,6 +63,7 @@ fn open(paths: &Paths, fc: PathBuf) -> (Arc<Daemon>, Arc<FakeNetwork>) {
         selection: Ok(fake_selection(fc)),
         network: net.clone(),
         stop_grace: Duration::from_secs(2),
+        guest_dns: None,
     };
     let d = Daemon::open_with(paths.clone(), Config::default(), wiring).expect("open");
     (Arc::new(d), net)

@@ -200,6 +200,8 @@ pub fn run_checks(config: &Config, home: &Path) -> DoctorReport {
 
     checks.push(catalog_check(config, home));
 
+    checks.extend(crate::doctor_egress::checks(config, home));
+
     let spec = config.vm_defaults(HostFacts::probe().emulated(emulated));
     checks.push(check(
         "vm defaults",

@@ -8,6 +8,7 @@ mod client;
 mod cmd;
 mod completion;
 mod doctor;
+mod doctor_egress;
 mod workspace;
 
 use std::process::ExitCode;

@@ -222,6 +222,9 @@ impl Daemon {
             &self.paths.tmp_dir(),
         )
         .map_err(DaemonError::internal)?;
+        if let Some(k) = ssh_key {
+            crate::readiness::remember_key(&dir, k).map_err(DaemonError::internal)?;
+        }
         Ok(())
     }
 

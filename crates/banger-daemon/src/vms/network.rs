@@ -4,7 +4,7 @@
 use banger_store::VmRecord;
 use banger_vmm::NetSpec;
 
-use super::extra_of;
+use super::{extra_of, ipv4};
 use crate::host_net::TapWiring;
 use crate::{Daemon, DaemonError};
 
@@ -31,6 +31,11 @@ impl Daemon {
             .parse()
             .map_err(|e: banger_vmm::VmmError| DaemonError::internal(e.to_string()))?;
         self.network.setup(&wiring).await?;
+        if wiring.egress
+            && let Some(ip) = ipv4(rec)
+        {
+            self.dns_clients.allow(ip.into());
+        }
         Ok(Some(NetSpec {
             tap: wiring.tap,
             mac,
@@ -39,6 +44,9 @@ impl Daemon {
 
     /// Removes the VM's tap (the one recorded at its last start).
     pub(crate) async fn teardown_network(&self, rec: &VmRecord) -> Result<(), DaemonError> {
+        if let Some(ip) = ipv4(rec) {
+            self.dns_clients.revoke(ip.into());
+        }
         if !self.network.attaches() {
             return Ok(());
         }

@@ -58,9 +58,7 @@ impl Daemon {
         {
             let subnet = self.config.vm_subnet().value;
             let mask = Ipv4Addr::from(subnet.mask());
-            let dns = crate::guest::host_nameserver()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
+            let dns = self.guest_dns.map(|a| a.to_string()).unwrap_or_default();
             args.push_str(&format!(
                 " ip={ip}::{}:{mask}:{}:eth0:off:{dns}",
                 subnet.gateway(),
@@ -208,20 +206,33 @@ impl Daemon {
             Some(l) => {
                 let slot = Arc::clone(slot);
                 let vm = name.clone();
-                let uds = vsock_path.clone();
+                let probe = crate::readiness::Probe::new(
+                    &name,
+                    &dir,
+                    ipv4(rec).filter(|_| self.network.attaches()),
+                    &self.paths.known_hosts(),
+                );
+                let started = std::time::Instant::now();
                 tokio::spawn(async move {
                     let state = match l.wait(READY_TIMEOUT, &vm).await {
                         Ok(h) => {
                             tracing::info!(vm = %vm, agent = %h.agent_version, "guest agent up");
-                            // The agent starts early in boot; "ready" means the
-                            // boot finished (network configured, sshd up), so
-                            // ssh and commands that need the network work at once.
-                            wait_boot_finished(&uds, &vm).await;
-                            // Before readiness: nothing of the user's is in it yet.
-                            let (d, rec, driver, spec) = &warm;
-                            d.make_warm_if_missing(rec, &slot, driver, spec).await;
-                            tracing::info!(vm = %vm, "guest ready");
-                            ReadyState::Ready
+                            // The agent starts early in boot; "ready" is what
+                            // the user's next step needs, checked.
+                            match probe.run().await {
+                                Ok(()) => {
+                                    // Before readiness: nothing of the user's is in it yet.
+                                    let (d, rec, driver, spec) = &warm;
+                                    d.make_warm_if_missing(rec, &slot, driver, spec).await;
+                                    let secs = started.elapsed().as_secs_f64();
+                                    tracing::info!(vm = %vm, secs, "guest ready");
+                                    ReadyState::Ready
+                                }
+                                Err(why) => {
+                                    tracing::warn!(vm = %vm, "{why}");
+                                    ReadyState::Failed(why)
+                                }
+                            }
                         }
                         Err(e) => ReadyState::Failed(e.to_string()),
                     };
@@ -275,26 +286,5 @@ impl Daemon {
         self.slots
             .peek(name)
             .is_some_and(|s| *s.ready.borrow() == ReadyState::Ready)
-    }
-}
-
-/// Guests without systemd (an OCI image's own init) count as finished.
-async fn wait_boot_finished(uds: &Path, vm: &str) {
-    let client = banger_agent::client::AgentClient::hybrid(uds)
-        .with_connect_timeout(Duration::from_secs(10));
-    let req = banger_proto::agent::ExecRequest::new(["systemctl", "is-system-running", "--wait"]);
-    match tokio::time::timeout(READY_TIMEOUT, client.exec_capture(&req, b"")).await {
-        // No systemctl (banger-init runs OCI images): booted once the agent is up.
-        Ok(Ok(out)) if out.status == banger_proto::agent::ExitStatus::Exited { code: 127 } => {
-            tracing::debug!(vm, "no systemd in the guest: its boot is finished");
-        }
-        Ok(Ok(out)) => {
-            let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if state != "running" && !state.is_empty() {
-                tracing::warn!(vm, state, "guest finished booting with failed units");
-            }
-        }
-        Ok(Err(e)) => tracing::warn!(vm, "cannot ask the guest whether it finished booting: {e}"),
-        Err(_) => tracing::warn!(vm, "the guest did not finish booting in time"),
     }
 }
