@@ -53,12 +53,32 @@ pub fn skip_reason(extra_tools: &[&str]) -> Option<String> {
 
 /// Runs `cmd` with a deadline; a hung command fails the test instead of
 /// hanging CI.
-pub fn run(mut cmd: Command, timeout: Duration) -> (i32, String, String) {
+pub fn run(cmd: Command, timeout: Duration) -> (i32, String, String) {
+    run_with_input(cmd, None, timeout)
+}
+
+/// [`run`] with `input` written to the command's stdin (then closed).
+pub fn run_with_input(
+    mut cmd: Command,
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> (i32, String, String) {
     let desc = format!("{cmd:?}");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
+    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+        let bytes = bytes.to_vec();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(&bytes);
+        });
+    }
     let mut out = child.stdout.take().expect("stdout");
     let mut err = child.stderr.take().expect("stderr");
     let t_out = std::thread::spawn(move || {
@@ -252,14 +272,26 @@ impl GuestEnv {
         std::fs::write(self.path("bangerd-1.log"), self.log("bangerd.log")).expect("save log");
     }
 
+    /// The argv prefix that runs a program in the namespace with the user's
+    /// environment (HOME, BANGER_SOCKET, NO_COLOR).
+    pub fn user_env_argv(&self) -> Vec<String> {
+        vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            self.ns.clone(),
+            "env".into(),
+            format!("HOME={}", self.home().display()),
+            format!("BANGER_SOCKET={}", self.socket().display()),
+            "NO_COLOR=1".into(),
+        ]
+    }
+
     /// `banger ARGS` as the user would run it, inside the namespace.
     pub fn banger(&self, args: &[&str], timeout: Duration) -> (i32, String, String) {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns])
-            .arg("env")
-            .arg(format!("HOME={}", self.home().display()))
-            .arg(format!("BANGER_SOCKET={}", self.socket().display()))
-            .arg("NO_COLOR=1")
+        let argv = self.user_env_argv();
+        let mut c = Command::new(&argv[0]);
+        c.args(&argv[1..])
             .arg(env!("CARGO_BIN_EXE_banger"))
             .args(args);
         let r = run(c, timeout);

@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod default_image;
 pub mod guests;
+pub mod outside;
 
 /// Path of a workspace binary, building it once if this test run did not.
 pub fn bin(name: &str) -> PathBuf {
