@@ -236,6 +236,40 @@ fn default_image_with_default_sizes() {
     );
 
     system_install_in_guest(&env, &agent);
+    let (code, _, err) = env.banger(&["vm", "delete", VM], LONG);
+    assert_eq!(code, 0, "{err}");
+
+    // --no-egress keeps its meaning: no route out, no forwarded names
+    // (the minimal image boots faster and serves this as well)
+    let built = common::guests::minimal_image(&agent);
+    env.register_minimal(&built, "e2e-kernel");
+    let probe = format!(
+        "getent hosts {name}; echo dns=$?; timeout 10 bash -c 'exec 3<>/dev/tcp/{ip}/{port}'; echo tcp=$?",
+        name = outside::NAME,
+        ip = outside::OUTSIDE_IP,
+        port = outside::WEB_PORT
+    );
+    let (code, out, err) = env.banger(
+        &[
+            "vm",
+            "run",
+            "--rm",
+            "--no-egress",
+            "--image",
+            common::guests::MINIMAL_IMAGE,
+            "--",
+            "sh",
+            "-c",
+            &probe,
+        ],
+        LONG,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("dns=2"),
+        "the name is not resolved for a --no-egress VM: {out}"
+    );
+    assert!(!out.contains("tcp=0"), "no connection out: {out}");
 }
 
 /// Item 12: the supported host path under a real systemd (the guest's).
