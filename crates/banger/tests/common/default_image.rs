@@ -2,7 +2,9 @@
 //! named `debian-bookworm`. A build takes minutes, so its result is kept in
 //! the test cache (`$BANGER_TEST_CACHE/default-image/<inputs key>/`) and
 //! later tests and runs register that copy the user way instead of
-//! building again. The key covers what decides the image's contents (the
+//! building again. The build needs the Debian mirror, which the test
+//! namespace cannot reach (nothing leaves it), so it runs against a daemon
+//! of its own in the host's namespace, started with `--no-network`. The key covers what decides the image's contents (the
 //! recipe, package and unit lists, guest files, the agent's bytes), so a
 //! change to any of them builds afresh.
 
@@ -48,10 +50,35 @@ fn lock(path: &Path) -> std::fs::File {
     f
 }
 
-fn json(env: &GuestEnv, args: &[&str]) -> serde_json::Value {
-    let (code, out, err) = env.banger(args, LONG);
+/// Registers the cached build in `env`'s daemon, the user way.
+fn register(env: &GuestEnv, dir: &Path) {
+    let s = |f: &str| dir.join(f).display().to_string();
+    let (code, _, err) = env.banger(
+        &[
+            "kernel",
+            "register",
+            KERNEL,
+            "--vmlinuz",
+            &s("vmlinuz"),
+            "--initrd",
+            &s("initrd.img"),
+        ],
+        LONG,
+    );
     assert_eq!(code, 0, "{err}");
-    serde_json::from_str(&out).expect("json")
+    let (code, _, err) = env.banger(
+        &[
+            "image",
+            "register",
+            DEFAULT_IMAGE,
+            "--rootfs",
+            &s("rootfs.ext4"),
+            "--kernel",
+            KERNEL,
+        ],
+        LONG,
+    );
+    assert_eq!(code, 0, "{err}");
 }
 
 /// Makes `debian-bookworm` exist in `env`'s daemon (whose agent is
@@ -63,56 +90,42 @@ pub fn ensure(env: &GuestEnv, agent: &Path) -> String {
     let _lock = lock(&dir.with_extension("lock"));
     let files = ["rootfs.ext4", "vmlinuz", "initrd.img"].map(|f| dir.join(f));
     if files.iter().all(|f| f.is_file()) {
-        let s = |p: &PathBuf| p.display().to_string();
-        let (code, _, err) = env.banger(
-            &[
-                "kernel",
-                "register",
-                KERNEL,
-                "--vmlinuz",
-                &s(&files[1]),
-                "--initrd",
-                &s(&files[2]),
-            ],
-            LONG,
-        );
-        assert_eq!(code, 0, "{err}");
-        let (code, _, err) = env.banger(
-            &[
-                "image",
-                "register",
-                DEFAULT_IMAGE,
-                "--rootfs",
-                &s(&files[0]),
-                "--kernel",
-                KERNEL,
-            ],
-            LONG,
-        );
-        assert_eq!(code, 0, "{err}");
+        register(env, &dir);
         return format!("registered the cached build in {}", dir.display());
     }
     let t = Instant::now();
-    let (code, out, err) = env.banger(&["image", "build"], BUILD_TIMEOUT);
-    assert_eq!(code, 0, "banger image build failed\n{out}\n{err}");
+    let builder = Builder::start();
+    let (code, out, err) = builder.banger(&["image", "build"], BUILD_TIMEOUT);
+    assert_eq!(
+        code,
+        0,
+        "banger image build failed\n{out}\n{err}\n{}",
+        builder.log()
+    );
     let built = format!(
         "built by `banger image build` in {:.0} s",
         t.elapsed().as_secs_f64()
     );
     // Keep a copy for later tests and runs: the rootfs and its kernel files.
-    let images = json(env, &["image", "list", "--json"]);
+    let (code, out, err) = builder.banger(&["image", "list", "--json"], LONG);
+    assert_eq!(code, 0, "{err}");
+    let images: serde_json::Value = serde_json::from_str(&out).expect("json");
     let img = images
         .as_array()
         .and_then(|a| a.iter().find(|i| i["name"] == DEFAULT_IMAGE))
         .expect("the built image is listed")
         .clone();
     let digest = img["digest"].as_str().expect("digest");
-    let rootfs = env
-        .path("state/images")
+    let rootfs = builder
+        .dir
+        .path()
+        .join("state/images")
         .join(digest.trim_start_matches("sha256:"))
         .join("rootfs.ext4");
-    let kdir = env
-        .path("state/kernels")
+    let kdir = builder
+        .dir
+        .path()
+        .join("state/kernels")
         .join(img["kernel"].as_str().expect("kernel"));
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-default-image")
@@ -134,5 +147,72 @@ pub fn ensure(env: &GuestEnv, agent: &Path) -> String {
     }
     let kept = tmp.keep();
     std::fs::rename(&kept, &dir).expect("move the cached image into place");
+    drop(builder);
+    register(env, &dir);
     format!("{built}; cached in {}", dir.display())
+}
+
+/// A daemon in the host's namespace for the build only (no VMs, no
+/// network setup); killed on drop.
+struct Builder {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Builder {
+    fn start() -> Builder {
+        let dir = tempfile::Builder::new()
+            .prefix("bgr-build")
+            .tempdir()
+            .expect("tmp");
+        let p = |s: &str| dir.path().join(s);
+        std::fs::write(p("config.toml"), "").expect("config");
+        let log = std::fs::File::create(p("bangerd.log")).expect("log");
+        let child = std::process::Command::new(super::bin("bangerd"))
+            .arg("--no-network")
+            .arg("--socket")
+            .arg(p("run/bangerd.sock"))
+            .arg("--state-dir")
+            .arg(p("state"))
+            .arg("--cache-dir")
+            .arg(p("cache"))
+            .arg("--config")
+            .arg(p("config.toml"))
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn bangerd");
+        let b = Builder { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(p("run/bangerd.sock")).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "build daemon did not come up: {}",
+                b.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        b
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("bangerd.log")).unwrap_or_default()
+    }
+
+    fn banger(&self, args: &[&str], timeout: Duration) -> (i32, String, String) {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_banger"));
+        c.env("BANGER_SOCKET", self.dir.path().join("run/bangerd.sock"))
+            .env("NO_COLOR", "1")
+            .args(args);
+        super::guests::run(c, timeout)
+    }
+}
+
+impl Drop for Builder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
