@@ -184,9 +184,10 @@ impl Builder {
             .stderr(log)
             .spawn()
             .expect("spawn bangerd");
+        let socket = p("run/bangerd.sock");
         let b = Builder { dir, child };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(p("run/bangerd.sock")).is_err() {
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "build daemon did not come up: {}",
