@@ -9,22 +9,14 @@
 
 mod common;
 
+use common::git;
+
 use common::guests::{
     GuestEnv, LONG, MINIMAL_IMAGE as IMAGE, SHORT, agent_binary, minimal_image, skip_reason,
 };
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn git(dir: &Path, args: &[&str]) {
-    let st = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .status()
-        .expect("git");
-    assert!(st.success(), "git {args:?}");
-}
 
 fn make_repo(dir: &Path) {
     std::fs::create_dir_all(dir.join("src")).expect("mkdir");

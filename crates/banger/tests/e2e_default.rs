@@ -19,6 +19,8 @@
 
 mod common;
 
+use common::git;
+
 use common::default_image;
 use common::guests::{GuestEnv, LONG, SHORT, agent_binary, run_with_input, skip_reason};
 use common::outside::{self, Outside};
@@ -28,15 +30,6 @@ use std::process::Command;
 use std::time::Instant;
 
 const VM: &str = "dflt";
-
-fn git(dir: &Path, args: &[&str]) {
-    let st = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .status()
-        .expect("git");
-    assert!(st.success(), "git {args:?}");
-}
 
 /// A C project whose `make test` passes on main and fails on `broken`.
 fn c_fixture(dir: &Path) {
@@ -272,6 +265,18 @@ fn default_image_with_default_sizes() {
     assert!(!out.contains("tcp=0"), "no connection out: {out}");
 }
 
+fn both_units_active(env: &GuestEnv, when: &str) {
+    let (code, out, err) = exec(
+        env,
+        "systemctl is-active bangerd.service bangerd-root.service",
+    );
+    assert_eq!(
+        (code, out.lines().collect::<Vec<_>>()),
+        (0, vec!["active", "active"]),
+        "{when}: {err}"
+    );
+}
+
 /// Item 12: the supported host path under a real systemd (the guest's).
 fn system_install_in_guest(env: &GuestEnv, agent: &Path) {
     let bins = env.path("bins");
@@ -311,13 +316,7 @@ fn system_install_in_guest(env: &GuestEnv, agent: &Path) {
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = exec(env, "/root/bins/banger system install --owner dev");
     assert_eq!(code, 0, "system install\n{out}{err}");
-    let both_active = "systemctl is-active bangerd.service bangerd-root.service";
-    let (code, out, err) = exec(env, both_active);
-    assert_eq!(
-        (code, out.lines().collect::<Vec<_>>()),
-        (0, vec!["active", "active"]),
-        "{err}"
-    );
+    both_units_active(env, "after install");
     let (code, out, err) = exec(env, "banger system status --json");
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
@@ -329,12 +328,7 @@ fn system_install_in_guest(env: &GuestEnv, agent: &Path) {
     assert_eq!(code, 0, "vm list as the owner\n{out}{err}");
     let (code, out, err) = exec(env, "banger system restart");
     assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = exec(env, both_active);
-    assert_eq!(
-        (code, out.lines().collect::<Vec<_>>()),
-        (0, vec!["active", "active"]),
-        "after restart: {err}"
-    );
+    both_units_active(env, "after restart");
     let (code, out, err) = exec(env, "banger system uninstall --purge");
     assert_eq!(code, 0, "{out}{err}");
     let leftovers = "ls -d /usr/local/bin/banger /usr/local/bin/bangerd /usr/local/bin/bangerd-root \

@@ -13,6 +13,16 @@ pub mod default_image;
 pub mod guests;
 pub mod outside;
 
+/// `git ARGS` in `dir`, which must succeed.
+pub fn git(dir: &Path, args: &[&str]) {
+    let st = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .expect("git");
+    assert!(st.success(), "git {args:?}");
+}
+
 /// Path of a workspace binary, building it once if this test run did not.
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
