@@ -3,7 +3,6 @@
 //! table is its source of truth); these functions only decide.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::net::Ipv4Addr;
 
 use banger_core::config::{IFNAME_PREFIX, Subnet};
@@ -41,30 +40,6 @@ pub fn allocate_ip(subnet: &Subnet, used: &HashSet<Ipv4Addr>) -> Result<Ipv4Addr
             subnet: *subnet,
             capacity: vm_capacity(subnet),
         })
-}
-
-/// An Ethernet MAC address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Mac(pub [u8; 6]);
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
-    }
-}
-
-/// Deterministic MAC for a VM: locally administered, unicast, derived from
-/// `key` (the VM's name or id). Deterministic so a VM keeps its MAC (and the
-/// guest's view of its NIC) across restarts without storing it.
-pub fn vm_mac(key: &str) -> Mac {
-    let h = Sha256::digest(format!("banger-mac\0{key}").as_bytes());
-    // 0x02: locally administered (bit 1 set), unicast (bit 0 clear).
-    Mac([0x02, h[0], h[1], h[2], h[3], h[4]])
 }
 
 /// Prefix of every tap banger creates (`bangertap` + 6 hex digits = 15 bytes,
@@ -183,14 +158,6 @@ mod tests {
         assert_eq!(tap_name_unique("vm1", &HashSet::new()), first);
     }
 
-    #[test]
-    fn mac_format() {
-        let m = vm_mac("sandbox");
-        assert_eq!(m.to_string().len(), 17);
-        assert_eq!(m, vm_mac("sandbox"));
-        assert_ne!(m, vm_mac("sandbox2"));
-    }
-
     proptest! {
         #[test]
         fn allocation_is_in_range_free_and_first(
@@ -237,14 +204,10 @@ mod tests {
         }
 
         #[test]
-        fn tap_and_mac_properties(key in ".{0,80}") {
+        fn tap_properties(key in ".{0,80}") {
             let t = tap_name(&key);
             prop_assert!(validate_ifname(&t).is_ok(), "{}", t);
             prop_assert_eq!(&t, &tap_name(&key));
-            let m = vm_mac(&key);
-            prop_assert_eq!(m.0[0] & 0x01, 0, "unicast");
-            prop_assert_eq!(m.0[0] & 0x02, 0x02, "locally administered");
-            prop_assert_eq!(m, vm_mac(&key));
         }
     }
 }

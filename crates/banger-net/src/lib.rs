@@ -1,6 +1,6 @@
 //! Host networking for banger.
 //!
-//! * [`alloc`]: pure per-VM identities — IP from the subnet, MAC, tap name.
+//! * [`alloc`]: pure per-VM identities — IP from the subnet, tap name (the MAC is banger-vmm's `MacAddr::derive`).
 //! * [`host`]: the privileged primitives behind [`HostNet`], with the
 //!   recording [`FakeHostNet`]; [`real::RealHostNet`] is the kernel-backed one.
 //! * [`service`]: the root helper's validation and decisions ([`RootService`]).
@@ -15,9 +15,7 @@ pub mod real;
 pub mod routes;
 pub mod service;
 
-pub use alloc::{
-    AllocError, Mac, TAP_PREFIX, allocate_ip, tap_name, tap_name_unique, vm_capacity, vm_mac,
-};
+pub use alloc::{AllocError, TAP_PREFIX, allocate_ip, tap_name, tap_name_unique, vm_capacity};
 pub use client::{RootClient, RootClientError};
 pub use host::{FakeHostNet, HostCall, HostError, HostNet};
 pub use real::RealHostNet;
