@@ -28,7 +28,6 @@ const MAX_HEURISTIC_VCPU: u32 = 4;
 /// vCPUs a software-emulated guest gets by default where the host has them.
 const TCG_MIN_VCPU: u32 = 2;
 const MAX_HEURISTIC_MEMORY_MIB: u64 = 8 * 1024;
-const MIN_DISK_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -109,12 +108,7 @@ impl<'de> Deserialize<'de> for DiskSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         let bytes = parse_size(&s).map_err(serde::de::Error::custom)?;
-        if bytes < MIN_DISK_BYTES {
-            return Err(serde::de::Error::custom(format!(
-                "disk size {s:?} is below the minimum of {}",
-                format_size(MIN_DISK_BYTES)
-            )));
-        }
+        crate::limits::check_disk_bytes(bytes).map_err(serde::de::Error::custom)?;
         Ok(DiskSize(bytes))
     }
 }
@@ -396,23 +390,16 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| locate(text, path, &e))?;
         let vmd = raw.vm_defaults.unwrap_or_default();
-        if vmd.vcpu == Some(0) {
-            return Err(ConfigError::Value {
-                path: path.into(),
-                message: "[vm_defaults] vcpu must be at least 1".into(),
-            });
+        // The limits every layer shares (crate::limits).
+        let limit = |e: crate::limits::LimitError| ConfigError::Value {
+            path: path.into(),
+            message: format!("[vm_defaults] {e}"),
+        };
+        if let Some(v) = vmd.vcpu {
+            crate::limits::check_vcpu(v).map_err(limit)?;
         }
-        if matches!(vmd.vcpu, Some(v) if v > 64) {
-            return Err(ConfigError::Value {
-                path: path.into(),
-                message: "[vm_defaults] vcpu must be at most 64".into(),
-            });
-        }
-        if matches!(vmd.memory_mib, Some(m) if m < 128) {
-            return Err(ConfigError::Value {
-                path: path.into(),
-                message: "[vm_defaults] memory_mib must be at least 128".into(),
-            });
+        if let Some(m) = vmd.memory_mib {
+            crate::limits::check_memory_mib(m).map_err(limit)?;
         }
         let mut file_sync = Vec::new();
         for (i, fs) in raw.file_sync.into_iter().enumerate() {
@@ -831,7 +818,15 @@ upstream_resolv_conf = "/run/NetworkManager/no-stub-resolv.conf"
             ),
             (
                 "[vm_defaults]\nvcpu = 0\n",
-                "config file /cfg/config.toml: [vm_defaults] vcpu must be at least 1",
+                "config file /cfg/config.toml: [vm_defaults] vcpu 0 is outside 1..=32; choose a count in that range",
+            ),
+            (
+                "[vm_defaults]\nvcpu = 48\n",
+                "config file /cfg/config.toml: [vm_defaults] vcpu 48 is outside 1..=32; choose a count in that range",
+            ),
+            (
+                "[vm_defaults]\ndisk_size = \"1M\"\n",
+                "/cfg/config.toml:2:13: [vm_defaults] key `disk_size`: disk 1M is outside 256M..=16T; use a size such as 16G",
             ),
             (
                 "default_image_name = \"Debian\"\n",

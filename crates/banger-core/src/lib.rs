@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod host;
+pub mod limits;
 pub mod names;
 pub mod paths;
 pub mod size;

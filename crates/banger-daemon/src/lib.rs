@@ -12,6 +12,7 @@ pub mod identity;
 pub mod images;
 pub mod oci;
 pub mod readiness;
+pub mod state_lock;
 pub mod vm_dir;
 pub mod vms;
 pub mod warm;
@@ -49,6 +50,8 @@ pub struct Daemon {
     pub slots: vms::Slots,
     /// Warm snapshots being made.
     pub warm: warm::WarmState,
+    /// This daemon's hold on its state directory.
+    pub state_lock: state_lock::StateLock,
 }
 
 /// What the daemon is wired to on this host: the seams tests replace.
@@ -137,6 +140,7 @@ impl Daemon {
         for d in [&paths.state_dir, &paths.cache_dir, &paths.runtime_dir] {
             ensure_private_dir(d)?;
         }
+        let state_lock = state_lock::StateLock::acquire(&paths.state_dir)?;
         for d in [
             paths.vms_dir(),
             paths.images_dir(),
@@ -174,6 +178,7 @@ impl Daemon {
             guest_dns: wiring.guest_dns,
             slots: vms::Slots::default(),
             warm: warm::WarmState::default(),
+            state_lock,
         };
         daemon.recover()?;
         Ok(daemon)

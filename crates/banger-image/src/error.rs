@@ -36,6 +36,9 @@ pub enum Error {
     #[error("kernel {path}: {reason}")]
     Kernel { path: PathBuf, reason: String },
 
+    #[error("root filesystem {path}: {reason}")]
+    Rootfs { path: PathBuf, reason: String },
+
     #[error("image build: {0}")]
     Build(String),
 

@@ -495,7 +495,7 @@ fn ancestors(path: &str) -> Vec<String> {
 }
 
 /// Which of `paths` exist in the image (one debugfs run).
-fn existing_paths(image: &Path, paths: &[String]) -> Result<BTreeSet<String>> {
+pub fn existing_paths(image: &Path, paths: &[String]) -> Result<BTreeSet<String>> {
     let mut script = String::new();
     for p in paths {
         let _ = writeln!(script, "stat {}", quote(p)?);

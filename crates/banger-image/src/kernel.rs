@@ -304,6 +304,72 @@ pub fn find_in_tree(root: &Path) -> Result<(String, PathBuf, Option<PathBuf>)> {
 /// Lay out a kernel directory: copy `vmlinuz` (+ `initrd.img`), extract
 /// `vmlinux`, write `kernel.json`. `dir` is normally a temp dir that the
 /// caller renames into place with [`crate::store::install_dir`].
+/// What a file given as a kernel is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// A compressed x86 bzImage (`vmlinuz`): the setup header's `HdrS`.
+    BzImage,
+    /// An uncompressed ELF `vmlinux` (x86_64).
+    Elf,
+}
+
+/// Refuses a file that is not a kernel, before anything is copied:
+/// `/etc/passwd` or a text file must not register as one.
+pub fn check_kernel_file(path: &Path) -> Result<KernelFormat> {
+    let mut head = [0u8; 0x206];
+    let mut f = fs::File::open(path).ctx("open", path)?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]).ctx("read", path)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    if n >= 20 && head[0..4] == *b"\x7fELF" {
+        // ELFCLASS64, e_machine EM_X86_64 (62)
+        if head[4] == 2 && u16::from_le_bytes([head[18], head[19]]) == 62 {
+            return Ok(KernelFormat::Elf);
+        }
+        return Err(kerr(path, "an ELF file, but not an x86_64 kernel"));
+    }
+    if n == head.len() && head[0x202..0x206] == *b"HdrS" {
+        return Ok(KernelFormat::BzImage);
+    }
+    Err(kerr(
+        path,
+        "not a Linux kernel (neither a bzImage with the HdrS setup header nor an x86_64 ELF vmlinux); \
+         give the vmlinuz-* file from /boot of the system the image comes from",
+    ))
+}
+
+/// Refuses an initrd that is neither a cpio archive nor a compressed one
+/// (gzip, zstd, xz, lzma, lz4, bzip2), as the kernel would.
+pub fn check_initrd(path: &Path) -> Result<()> {
+    let mut head = [0u8; 6];
+    let mut f = fs::File::open(path).ctx("open", path)?;
+    let n = f.read(&mut head).ctx("read", path)?;
+    let h = &head[..n];
+    const MAGICS: &[&[u8]] = &[
+        b"070701",
+        b"070702",
+        b"\x1f\x8b",
+        b"\x28\xb5\x2f\xfd",
+        b"\xfd7zXZ",
+        b"\x5d\x00",
+        b"\x02\x21\x4c\x18",
+        b"BZh",
+    ];
+    if MAGICS.iter().any(|m| h.starts_with(m)) {
+        Ok(())
+    } else {
+        Err(kerr(
+            path,
+            "not an initramfs (a cpio archive, plain or gzip/zstd/xz/lzma/lz4/bzip2-compressed); \
+             give the initrd.img-* file that belongs to the kernel",
+        ))
+    }
+}
+
 pub fn write_kernel_dir(
     dir: &Path,
     name: &str,
@@ -322,11 +388,20 @@ pub fn write_kernel_dir(
         }
         None => None,
     };
-    let (vmlinux, pvh) = match extract_vmlinux(vmlinuz) {
-        Ok(v) => {
+    let elf_given = matches!(check_kernel_file(vmlinuz), Ok(KernelFormat::Elf));
+    let extracted = if elf_given {
+        // Already the ELF Firecracker boots (QEMU boots it too).
+        fs::read(vmlinuz)
+            .ctx("read", vmlinuz)
+            .map(|elf| (has_pvh_note(&elf), elf))
+    } else {
+        extract_vmlinux(vmlinuz).map(|v| (v.pvh, v.elf))
+    };
+    let (vmlinux, pvh) = match extracted {
+        Ok((pvh, elf)) => {
             let p = dir.join(VMLINUX);
-            fs::write(&p, &v.elf).ctx("write", &p)?;
-            (Some(p), v.pvh)
+            fs::write(&p, &elf).ctx("write", &p)?;
+            (Some(p), pvh)
         }
         Err(e) => {
             // The qemu driver still boots vmlinuz; Firecracker will refuse

@@ -268,12 +268,57 @@ pub fn register_image(
     manifest: ImageManifest,
 ) -> Result<ImageRecord> {
     crate::ext4::fsck(rootfs)?;
+    check_has_init(rootfs)?;
     let tmp = temp_dir_in(images_dir)?;
     let staged = tmp.path().join(ROOTFS);
     sparse_copy(rootfs, &staged)?;
     // install_image renames within the same filesystem; tmp is then empty
     // and removed on drop.
     install_image(images_dir, &staged, manifest)
+}
+
+/// Where the kernel looks for init (before its last resort, /bin/sh), and
+/// where banger installs its own.
+const INIT_PATHS: &[&str] = &[
+    "/sbin/init",
+    "/usr/sbin/init",
+    "/etc/init",
+    "/bin/init",
+    "/usr/bin/init",
+    "/sbin/banger-init",
+    "/usr/sbin/banger-init",
+];
+
+/// Refuses a root filesystem nothing could boot: no init where the kernel
+/// looks for one.
+pub fn check_has_init(rootfs: &Path) -> Result<()> {
+    let wanted: Vec<String> = INIT_PATHS.iter().map(|p| p.to_string()).collect();
+    if crate::ext4::existing_paths(rootfs, &wanted)?.is_empty() {
+        return Err(Error::Rootfs {
+            path: rootfs.to_path_buf(),
+            reason: format!(
+                "it has no init (none of {}): the kernel would have nothing to run; \
+                 register the root filesystem of a full system (with systemd or another init)",
+                INIT_PATHS.join(", ")
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// `kernel register`: refuses files that are not a kernel and an initrd
+/// before anything is copied, then installs them as [`install_kernel`].
+pub fn register_kernel(
+    kernels_dir: &Path,
+    name: &str,
+    vmlinuz: &Path,
+    initrd: Option<&Path>,
+) -> Result<KernelRecord> {
+    kernel::check_kernel_file(vmlinuz)?;
+    if let Some(i) = initrd {
+        kernel::check_initrd(i)?;
+    }
+    install_kernel(kernels_dir, name, "unknown", vmlinuz, initrd)
 }
 
 /// Install a kernel directory `<kernels>/<name>/` from a vmlinuz (+ initrd):

@@ -232,6 +232,18 @@ pub struct CreateVmResponse {
     pub spec: VmSpec,
 }
 
+/// Answer of `POST /v1/vms?dry_run=true`: the request checked whole (name
+/// free, sizes within limits) and what it would get; nothing is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmPlan {
+    pub name: Option<String>,
+    pub image: String,
+    /// Whether the image is in the store now (else `vm run` fetches or
+    /// builds it first).
+    pub image_present: bool,
+    pub spec: VmSpec,
+}
+
 /// A registered guest image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageInfo {

@@ -204,14 +204,11 @@ impl VmmSpec {
                 self.name
             ));
         }
-        if self.vcpus == 0 || self.vcpus > 32 {
-            return bad(format!("vcpus = {} must be between 1 and 32", self.vcpus));
-        }
-        if self.memory_mib < 128 {
-            return bad(format!(
-                "memory = {} MiB is too small; use at least 128",
-                self.memory_mib
-            ));
+        // The limits config, CLI and daemon check too (one home).
+        if let Err(e) = banger_core::limits::check_vcpu(u32::from(self.vcpus))
+            .and_then(|_| banger_core::limits::check_memory_mib(u64::from(self.memory_mib)))
+        {
+            return bad(e.to_string());
         }
         if !self.vm_dir.is_dir() {
             return bad(format!(

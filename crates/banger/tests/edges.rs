@@ -305,3 +305,187 @@ fn no_dead_end_commands_are_advertised() {
         "{detail}"
     );
 }
+
+/// A file with a bzImage setup header (no payload: QEMU-only) and a cpio
+/// initrd: enough for the daemon's checks, not for a boot.
+fn fake_kernel(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut vmlinuz = vec![0u8; 4096];
+    vmlinuz[0x1fe] = 0x55;
+    vmlinuz[0x1ff] = 0xaa;
+    vmlinuz[0x202..0x206].copy_from_slice(b"HdrS");
+    let (k, i) = (dir.join("vmlinuz"), dir.join("initrd.img"));
+    std::fs::write(&k, &vmlinuz).expect("write");
+    std::fs::write(&i, b"070701000000").expect("write");
+    (k, i)
+}
+
+#[test]
+fn register_refuses_what_is_not_a_kernel_or_a_bootable_rootfs() {
+    if common_which("mkfs.ext4").is_none() || common_which("debugfs").is_none() {
+        eprintln!("SKIP: e2fsprogs (mkfs.ext4, debugfs) is not installed");
+        return;
+    }
+    let d = Daemon::prepare().start();
+    let dir = d.root().join("files");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let text = dir.join("notes.txt");
+    std::fs::write(&text, "not a kernel\n").expect("write");
+    let (vmlinuz, initrd) = fake_kernel(&dir);
+    let s = |p: &std::path::Path| p.display().to_string();
+    for (k, i) in [
+        (&text, &initrd),
+        (&std::path::PathBuf::from("/etc/passwd"), &initrd),
+    ] {
+        let (code, _, err) = run(d.cli().args([
+            "kernel",
+            "register",
+            "bad",
+            "--vmlinuz",
+            &s(k),
+            "--initrd",
+            &s(i),
+        ]));
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("not a Linux kernel"), "{err}");
+    }
+    let (code, _, err) = run(d.cli().args([
+        "kernel",
+        "register",
+        "bad",
+        "--vmlinuz",
+        &s(&vmlinuz),
+        "--initrd",
+        &s(&text),
+    ]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not an initramfs"), "{err}");
+    assert!(names(&d, "kernel").is_empty(), "nothing registered");
+
+    let (code, _, err) = run(d.cli().args([
+        "kernel",
+        "register",
+        "k",
+        "--vmlinuz",
+        &s(&vmlinuz),
+        "--initrd",
+        &s(&initrd),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    // an ext4 with no init anywhere the kernel looks
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("etc")).expect("mkdir");
+    std::fs::write(tree.join("etc/hostname"), "x\n").expect("write");
+    let rootfs = dir.join("rootfs.ext4");
+    banger_image::ext4::make_ext4(&tree, &rootfs, 16 << 20, &Default::default()).expect("mkfs");
+    let (code, _, err) = run(d.cli().args([
+        "image",
+        "register",
+        "noinit",
+        "--rootfs",
+        &s(&rootfs),
+        "--kernel",
+        "k",
+    ]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("has no init"), "{err}");
+    assert!(names(&d, "image").is_empty(), "nothing registered");
+}
+
+fn common_which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+}
+
+#[test]
+fn one_set_of_limits_and_flags_checked_before_anything_is_made() {
+    let d = Daemon::prepare().start();
+    let home = d.root().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let cfg = d.root().join("config.toml");
+    // config takes only what the daemon would take
+    std::fs::write(&cfg, "[vm_defaults]\nvcpu = 48\n").expect("write");
+    let (code, _, err) = run(d.cli().args(["config", "show"]).env("BANGER_CONFIG", &cfg));
+    assert_eq!(code, 1);
+    assert!(err.contains("vcpu 48 is outside 1..=32"), "{err}");
+    std::fs::remove_file(&cfg).expect("rm");
+
+    for (flag, value, want) in [
+        ("--vcpu", "0", "invalid --vcpu"),
+        ("--vcpu", "48", "vcpu 48 is outside 1..=32"),
+        ("--memory", "64", "memory 64 MiB is outside"),
+        ("--disk", "1M", "disk 1M is outside"),
+        ("--image", "Bad?", "invalid image name"),
+    ] {
+        for dry in [true, false] {
+            let mut cmd = d.cli();
+            cmd.args(["vm", "run", flag, value])
+                .env("HOME", &home)
+                .env("BANGER_CONFIG", &cfg);
+            if dry {
+                cmd.arg("--dry-run");
+            }
+            let (code, _, err) = run(&mut cmd);
+            assert_eq!(code, 1, "{flag} {value}: {err}");
+            assert!(err.contains(want), "{flag} {value}: {err}");
+        }
+    }
+    assert!(
+        !home.join(".local/state/banger/ssh").exists(),
+        "no key was made for a refused request"
+    );
+
+    // A valid dry run: checked whole by the daemon, spec printed, nothing made.
+    let (code, out, err) = run(d
+        .cli()
+        .args([
+            "vm",
+            "run",
+            "--dry-run",
+            "--vcpu",
+            "2",
+            "--memory",
+            "1G",
+            "--name",
+            "dry",
+        ])
+        .env("HOME", &home)
+        .env("BANGER_CONFIG", &cfg));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("spec: 2 vCPU (flag), 1024 MiB RAM (flag)"),
+        "{err}"
+    );
+    assert!(err.contains("debian-bookworm is not here yet"), "{err}");
+    assert!(names(&d, "vm").is_empty());
+    assert!(!home.join(".local/state/banger/ssh").exists());
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_is_refused() {
+    let first = Daemon::prepare().start();
+    let out = Command::new(common::bin("bangerd"))
+        .arg("--socket")
+        .arg(first.root().join("run/other.sock"))
+        .arg("--state-dir")
+        .arg(first.state_dir())
+        .arg("--cache-dir")
+        .arg(first.root().join("cache2"))
+        .arg("--config")
+        .arg(first.root().join("none.toml"))
+        .arg("--no-network")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "another bangerd (pid {}) is using the state directory",
+            first.pid()
+        )),
+        "{err}"
+    );
+    let (code, _, _) = run(first.cli().args(["vm", "list"]));
+    assert_eq!(code, 0, "the first one still serves");
+}

@@ -210,10 +210,9 @@ impl Daemon {
         let d = Arc::clone(self);
         let name = req.name.clone();
         let k = tokio::task::spawn_blocking(move || {
-            banger_image::store::install_kernel(
+            banger_image::store::register_kernel(
                 &d.paths.kernels_dir(),
                 &name,
-                "unknown",
                 &vmlinuz,
                 initrd.as_deref(),
             )

@@ -30,6 +30,46 @@ impl Daemon {
         spec
     }
 
+    /// The spec a request gets, refused when outside the shared limits.
+    fn checked_spec(&self, req: &banger_proto::CreateVmRequest) -> Result<VmSpec, DaemonError> {
+        let spec = self.resolve_spec(req);
+        banger_core::limits::check_spec(
+            spec.vcpu.value,
+            spec.memory_mib.value,
+            spec.disk_bytes.value,
+        )
+        .map_err(|e| DaemonError::bad_request(e.to_string()))?;
+        Ok(spec)
+    }
+
+    /// A create checked whole without doing it (`vm run --dry-run`).
+    pub fn plan_vm(
+        &self,
+        req: &banger_proto::CreateVmRequest,
+    ) -> Result<banger_proto::VmPlan, DaemonError> {
+        if let Some(name) = &req.name {
+            banger_core::names::validate_vm_name(name)?;
+            if self.store.get_vm(name).is_ok() {
+                return Err(DaemonError::new(
+                    banger_proto::ErrorKind::Conflict,
+                    format!(
+                        "a VM named {name:?} already exists; choose another --name or delete it (banger vm delete {name})"
+                    ),
+                ));
+            }
+        }
+        let image = req
+            .image
+            .clone()
+            .unwrap_or_else(|| self.config.image_name().value);
+        Ok(banger_proto::VmPlan {
+            name: req.name.clone(),
+            image_present: self.store.get_image(&image).is_ok(),
+            image,
+            spec: self.checked_spec(req)?,
+        })
+    }
+
     /// Creates a VM: registers it (state `creating`), leases an address,
     /// clones and personalises its disks, pins its host key, then marks it
     /// `stopped`. Any failure removes everything it made.
@@ -46,16 +86,7 @@ impl Daemon {
                 "no image named {image_name:?}; build it (`banger image build {image_name}`), register one (`banger image register`) or pull an OCI image (`banger image pull REF --name {image_name}`)"
             ))
         })?;
-        let spec = self.resolve_spec(&req);
-        if spec.vcpu.value == 0 || spec.vcpu.value > 32 {
-            return Err(DaemonError::bad_request("vcpu must be between 1 and 32"));
-        }
-        if spec.memory_mib.value < 128 {
-            return Err(DaemonError::bad_request("memory must be at least 128 MiB"));
-        }
-        if spec.disk_bytes.value < (256 << 20) {
-            return Err(DaemonError::bad_request("disk must be at least 256M"));
-        }
+        let spec = self.checked_spec(&req)?;
         let subnet = self.config.vm_subnet().value;
         let pick = move |used: &[String]| {
             let used = used.iter().filter_map(|s| s.parse().ok()).collect();

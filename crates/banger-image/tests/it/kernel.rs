@@ -1,3 +1,5 @@
+use std::path::PathBuf;
+
 use banger_image::kernel::{self, Compression};
 
 use crate::support::{Comp, fake_bzimage, fake_elf};
@@ -83,4 +85,48 @@ fn real_debian_kernel_if_present() {
         v.pvh,
         v.elf.len()
     );
+}
+
+#[test]
+fn only_kernels_and_initramfs_register() {
+    use banger_image::kernel::{KernelFormat, check_initrd, check_kernel_file};
+    use banger_image::store;
+    let t = tempfile::tempdir().expect("tempdir");
+    let p = |n: &str| t.path().join(n);
+    std::fs::write(p("text"), "just some text\n").expect("write");
+    std::fs::write(p("empty"), b"").expect("write");
+    std::fs::write(p("bz"), fake_bzimage(&fake_elf(true), Comp::Gzip)).expect("write");
+    std::fs::write(p("elf"), fake_elf(true)).expect("write");
+    std::fs::write(p("cpio"), b"070701000000").expect("write");
+    for bad in [
+        p("text"),
+        p("empty"),
+        std::path::PathBuf::from("/etc/passwd"),
+    ] {
+        let e = check_kernel_file(&bad).expect_err("not a kernel");
+        assert!(e.to_string().contains("not a Linux kernel"), "{e}");
+        let e = check_initrd(&bad).expect_err("not an initrd");
+        assert!(e.to_string().contains("not an initramfs"), "{e}");
+    }
+    assert_eq!(
+        check_kernel_file(&p("bz")).expect("bz"),
+        KernelFormat::BzImage
+    );
+    assert_eq!(
+        check_kernel_file(&p("elf")).expect("elf"),
+        KernelFormat::Elf
+    );
+    check_initrd(&p("cpio")).expect("cpio");
+
+    // Refused before anything is installed.
+    let kernels = p("kernels");
+    let e = store::register_kernel(&kernels, "k", &PathBuf::from("/etc/passwd"), None)
+        .expect_err("passwd");
+    assert!(e.to_string().contains("not a Linux kernel"), "{e}");
+    assert!(!kernels.join("k").exists());
+    let e = store::register_kernel(&kernels, "k", &p("bz"), Some(&p("text"))).expect_err("initrd");
+    assert!(e.to_string().contains("not an initramfs"), "{e}");
+    // An ELF vmlinux registers as its own vmlinux (Firecracker boots it).
+    let k = store::register_kernel(&kernels, "k", &p("elf"), Some(&p("cpio"))).expect("elf");
+    assert!(k.has_vmlinux && k.pvh);
 }

@@ -1,7 +1,7 @@
 use std::fs;
 
 use banger_image::build::{self, BuildMode, BuildRecord, BuiltImage, Profile};
-use banger_image::ext4::FileSize;
+use banger_image::ext4::{self, FileSize};
 use banger_image::kernel;
 use banger_image::store::{self, ImageManifest};
 
@@ -94,7 +94,19 @@ fn register_image_copies_and_checks() {
         return;
     }
     let t = tempfile::tempdir().expect("tempdir");
-    let src = small_ext4(t.path());
+    // Nothing could boot a root filesystem without an init: refused.
+    let no_init = small_ext4(&t.path().join("no-init"));
+    let src = {
+        let dir = t.path().join("with-init");
+        let tree = dir.join("tree");
+        fs::create_dir_all(tree.join("sbin")).expect("mkdir");
+        fs::write(tree.join("sbin/init"), "#!/bin/sh\n").expect("write");
+        let noise: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(tree.join("noise.bin"), noise).expect("write");
+        let img = dir.join("rootfs.ext4");
+        ext4::make_ext4(&tree, &img, 16 << 20, &ext4::Ext4Fixups::new()).expect("mkfs");
+        img
+    };
     let m = ImageManifest {
         name: "reg".into(),
         version: "1".into(),
@@ -110,6 +122,8 @@ fn register_image_copies_and_checks() {
         created: 0,
     };
     let images = t.path().join("images");
+    let e = store::register_image(&images, &no_init, m.clone()).expect_err("no init");
+    assert!(e.to_string().contains("has no init"), "{e}");
     let rec = store::register_image(&images, &src, m.clone()).expect("register");
     assert!(src.is_file(), "the source is left alone");
     assert_eq!(rec.manifest.sha256, store::sha256_file(&src).expect("hash"));

@@ -174,6 +174,8 @@ mkdir -p /root/.cache/banger
 
 pub async fn vm_run(client: &Client, a: VmRunArgs) -> anyhow::Result<ExitCode> {
     let mut phases = Phases::new();
+    // Every flag is checked before anything is made (a key, an image, a VM).
+    let mut req = vm::create_request(&a.shape, true)?;
     let workspace = match &a.path {
         Some(p) => {
             let source = match (&a.branch, &a.from) {
@@ -188,25 +190,16 @@ pub async fn vm_run(client: &Client, a: VmRunArgs) -> anyhow::Result<ExitCode> {
             Some((p.clone(), source, files))
         }
         None => {
-            if a.dry_run || a.include_untracked || a.branch.is_some() || a.from.is_some() {
+            if a.include_untracked || a.branch.is_some() || a.from.is_some() {
                 bail!(
-                    "--dry-run, --include-untracked, --branch and --from apply only to workspace mode (give a repository path)"
+                    "--include-untracked, --branch and --from apply only to workspace mode (give a repository path)"
                 );
             }
             None
         }
     };
     if a.dry_run {
-        if let Some((_, _, files)) = &workspace {
-            for f in files {
-                outln!("{}", workspace::display_name(f))?;
-            }
-            eprintln!(
-                "{} would be copied; no VM was created (--dry-run)",
-                workspace::count_files(files.len())
-            );
-        }
-        return Ok(ExitCode::SUCCESS);
+        return dry_run(client, &req, workspace.as_ref().map(|w| w.2.as_slice())).await;
     }
 
     let config = super::load_config()?;
@@ -227,7 +220,6 @@ pub async fn vm_run(client: &Client, a: VmRunArgs) -> anyhow::Result<ExitCode> {
         (image, None)
     };
 
-    let mut req = vm::create_request(&a.shape, true)?;
     req.image = Some(image);
     req.ssh_public_key = Some(public);
     phases.begin("creating and starting the VM");
@@ -287,6 +279,45 @@ pub async fn vm_run(client: &Client, a: VmRunArgs) -> anyhow::Result<ExitCode> {
         }
         Err(RunError::Other(e)) => Err(e),
     }
+}
+
+/// `vm run --dry-run`: the files that would be shipped (stdout, one per
+/// line), then the whole request checked by the daemon and the `spec:` line
+/// it would get (stderr). Nothing is created: no key, image or VM.
+async fn dry_run(
+    client: &Client,
+    req: &banger_proto::CreateVmRequest,
+    files: Option<&[std::path::PathBuf]>,
+) -> anyhow::Result<ExitCode> {
+    for f in files.unwrap_or_default() {
+        outln!("{}", workspace::display_name(f))?;
+    }
+    client.version().await.context(
+        "--dry-run asks bangerd to check the request (name, image, sizes); start it first",
+    )?;
+    let plan: banger_proto::VmPlan = client.post("/v1/vms?dry_run=true", req).await?;
+    eprintln!("{}", vm::spec_line(&plan.spec));
+    if banger_core::names::is_oci_reference(&plan.image) {
+        eprintln!(
+            "image: {} (an OCI image, pulled first unless it is here)",
+            plan.image
+        );
+    } else if plan.image_present {
+        eprintln!("image: {}", plan.image);
+    } else {
+        eprintln!(
+            "image: {} is not here yet; vm run would fetch it from the catalog or build it locally first",
+            plan.image
+        );
+    }
+    match files {
+        Some(f) => eprintln!(
+            "{} would be copied; no VM was created (--dry-run)",
+            workspace::count_files(f.len())
+        ),
+        None => eprintln!("no VM was created (--dry-run)"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 enum RunError {

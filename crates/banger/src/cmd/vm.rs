@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use banger_core::size::{format_size, parse_size};
 use banger_proto::{CreateVmRequest, CreateVmResponse, VmInfo, VmSpec};
 
@@ -20,23 +20,44 @@ pub fn parse_memory_mib(s: &str) -> anyhow::Result<u64> {
     Ok(bytes >> 20)
 }
 
+/// The create request for these flags, every flag checked with the rules
+/// the daemon applies (names, banger-core's limits) before anything is sent.
 pub fn create_request(shape: &VmShape, start: bool) -> anyhow::Result<CreateVmRequest> {
+    use banger_core::limits;
     if let Some(n) = &shape.name {
         banger_core::names::validate_vm_name(n)?;
     }
-    if shape.vcpu == Some(0) {
-        bail!("--vcpu must be at least 1");
+    if let Some(i) = &shape.image
+        && !banger_core::names::is_oci_reference(i)
+    {
+        banger_core::names::validate_image_name(i).context("invalid --image")?;
     }
+    let vcpu = shape
+        .vcpu
+        .map(|v| limits::check_vcpu(v).context("invalid --vcpu"))
+        .transpose()?;
+    let memory_mib = shape
+        .memory
+        .as_deref()
+        .map(|m| {
+            let mib = parse_memory_mib(m)?;
+            limits::check_memory_mib(mib).with_context(|| format!("invalid --memory {m:?}"))
+        })
+        .transpose()?;
+    let disk_bytes = shape
+        .disk
+        .as_deref()
+        .map(|d| {
+            let bytes = parse_size(d).with_context(|| format!("invalid --disk {d:?}"))?;
+            limits::check_disk_bytes(bytes).with_context(|| format!("invalid --disk {d:?}"))
+        })
+        .transpose()?;
     Ok(CreateVmRequest {
         name: shape.name.clone(),
         image: shape.image.clone(),
-        vcpu: shape.vcpu,
-        memory_mib: shape.memory.as_deref().map(parse_memory_mib).transpose()?,
-        disk_bytes: shape
-            .disk
-            .as_deref()
-            .map(|d| parse_size(d).with_context(|| format!("invalid --disk {d:?}")))
-            .transpose()?,
+        vcpu,
+        memory_mib,
+        disk_bytes,
         no_egress: shape.no_egress,
         start,
         ssh_public_key: None,

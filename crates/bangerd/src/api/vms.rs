@@ -69,10 +69,25 @@ async fn show(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult<
     Ok(Json(vm_info(&d, d.store.get_vm(&name)?)))
 }
 
+#[derive(Debug, Deserialize, Default)]
+struct CreateQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
 async fn create(
     State(d): State<AppState>,
+    Query(q): Query<CreateQuery>,
     ApiJson(req): ApiJson<CreateVmRequest>,
-) -> ApiResult<CreateVmResponse> {
+) -> Result<Response, ApiErr> {
+    use axum::response::IntoResponse;
+    if q.dry_run {
+        return Ok(Json(d.plan_vm(&req)?).into_response());
+    }
+    Ok(create_vm(d, req).await?.into_response())
+}
+
+async fn create_vm(d: AppState, req: CreateVmRequest) -> ApiResult<CreateVmResponse> {
     if let Some(name) = &req.name {
         banger_core::names::validate_vm_name(name)?;
     }
