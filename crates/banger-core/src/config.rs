@@ -179,7 +179,32 @@ impl Subnet {
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & self.mask() == u32::from(self.network)
     }
+
+    /// The RFC 1918 private range this subnet lies in, if any. VM subnets
+    /// must be private: a public, loopback or link-local range on a bridge
+    /// would hijack (or expose) addresses the host and its LAN really use.
+    pub fn private_range(&self) -> Option<Subnet> {
+        PRIVATE_RANGES.iter().copied().find(|r| {
+            r.prefix <= self.prefix && u32::from(self.network) & r.mask() == u32::from(r.network)
+        })
+    }
 }
+
+/// RFC 1918's private IPv4 ranges.
+pub const PRIVATE_RANGES: [Subnet; 3] = [
+    Subnet {
+        network: Ipv4Addr::new(10, 0, 0, 0),
+        prefix: 8,
+    },
+    Subnet {
+        network: Ipv4Addr::new(172, 16, 0, 0),
+        prefix: 12,
+    },
+    Subnet {
+        network: Ipv4Addr::new(192, 168, 0, 0),
+        prefix: 16,
+    },
+];
 
 impl fmt::Display for Subnet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -261,6 +286,8 @@ struct RawNetwork {
     bridge: Option<BridgeName>,
     subnet: Option<Subnet>,
     no_egress: Option<bool>,
+    isolate_vms: Option<bool>,
+    block_lan: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -319,6 +346,8 @@ pub struct Config {
     pub bridge: Option<String>,
     pub subnet: Option<Subnet>,
     pub no_egress: Option<bool>,
+    pub isolate_vms: Option<bool>,
+    pub block_lan: Option<bool>,
     pub dns_port: Option<u16>,
     pub dns_listen: Option<Ipv4Addr>,
     pub dns_auto_resolved: Option<bool>,
@@ -438,6 +467,8 @@ impl Config {
             bridge: net.bridge.map(|b| b.0),
             subnet: net.subnet,
             no_egress: net.no_egress,
+            isolate_vms: net.isolate_vms,
+            block_lan: net.block_lan,
             dns_port: dns.port,
             dns_listen: dns.listen,
             dns_auto_resolved: dns.auto_resolved,
@@ -536,6 +567,18 @@ impl Config {
         sourced(self.no_egress, false)
     }
 
+    /// Whether VMs are kept from reaching each other (default: yes; a
+    /// sandbox should not reach its siblings unless asked).
+    pub fn isolate_vms(&self) -> Sourced<bool> {
+        sourced(self.isolate_vms, true)
+    }
+
+    /// Whether VMs are kept from the private (RFC 1918 and CGNAT) ranges
+    /// of the host's LAN (default: yes).
+    pub fn block_lan(&self) -> Sourced<bool> {
+        sourced(self.block_lan, true)
+    }
+
     /// The ssh key banger uses: configured (expanded against `home`) or
     /// `~/.local/state/banger/ssh/id_ed25519`.
     pub fn ssh_key(&self, home: &Path) -> Sourced<PathBuf> {
@@ -620,6 +663,10 @@ impl Config {
         push("network.subnet", json!(s.value.to_string()), s.source);
         let s = self.egress_blocked();
         push("network.no_egress", json!(s.value), s.source);
+        let s = self.isolate_vms();
+        push("network.isolate_vms", json!(s.value), s.source);
+        let s = self.block_lan();
+        push("network.block_lan", json!(s.value), s.source);
         let s = self.dns_port();
         push("dns.port", json!(s.value), s.source);
         let (v, src) = match self.dns_listen {

@@ -3,6 +3,7 @@
 //! table is its source of truth); these functions only decide.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::net::Ipv4Addr;
 
 use banger_core::config::{IFNAME_PREFIX, Subnet};
@@ -40,6 +41,57 @@ pub fn allocate_ip(subnet: &Subnet, used: &HashSet<Ipv4Addr>) -> Result<Ipv4Addr
             subnet: *subnet,
             capacity: vm_capacity(subnet),
         })
+}
+
+/// An Ethernet MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl std::str::FromStr for Mac {
+    type Err = String;
+
+    /// `aa:bb:cc:dd:ee:ff` (hex, either case).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a MAC address like 02:00:00:00:00:01");
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in &mut out {
+            let p = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl Mac {
+    /// A MAC a guest NIC may have: unicast (bit 0 of the first byte clear)
+    /// and not all zeros.
+    pub fn is_guest_unicast(&self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+}
+
+/// Deterministic MAC for a VM: locally administered, unicast, derived from
+/// `key` (the VM's name or id). Deterministic so a VM keeps its MAC (and the
+/// guest's view of its NIC) across restarts without storing it.
+pub fn vm_mac(key: &str) -> Mac {
+    let h = Sha256::digest(format!("banger-mac\0{key}").as_bytes());
+    // 0x02: locally administered (bit 1 set), unicast (bit 0 clear).
+    Mac([0x02, h[0], h[1], h[2], h[3], h[4]])
 }
 
 /// Prefix of every tap banger creates (`bangertap` + 6 hex digits = 15 bytes,
@@ -158,6 +210,22 @@ mod tests {
         assert_eq!(tap_name_unique("vm1", &HashSet::new()), first);
     }
 
+    #[test]
+    fn mac_format() {
+        let m = vm_mac("sandbox");
+        assert_eq!(m.to_string().len(), 17);
+        assert_eq!(m, vm_mac("sandbox"));
+        assert_ne!(m, vm_mac("sandbox2"));
+        assert_eq!(m.to_string().parse::<Mac>(), Ok(m));
+        assert!(m.is_guest_unicast());
+        assert_eq!("02:AB:00:00:00:01".parse::<Mac>(), Ok(Mac([2, 0xab, 0, 0, 0, 1])));
+        for bad in ["", "02:00:00:00:00", "02:00:00:00:00:01:02", "2:00:00:00:00:01", "zz:00:00:00:00:01"] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad}");
+        }
+        assert!(!Mac([1, 0, 0, 0, 0, 1]).is_guest_unicast());
+        assert!(!Mac([0; 6]).is_guest_unicast());
+    }
+
     proptest! {
         #[test]
         fn allocation_is_in_range_free_and_first(
@@ -204,10 +272,14 @@ mod tests {
         }
 
         #[test]
-        fn tap_properties(key in ".{0,80}") {
+        fn tap_and_mac_properties(key in ".{0,80}") {
             let t = tap_name(&key);
             prop_assert!(validate_ifname(&t).is_ok(), "{}", t);
             prop_assert_eq!(&t, &tap_name(&key));
+            let m = vm_mac(&key);
+            prop_assert_eq!(m.0[0] & 0x01, 0, "unicast");
+            prop_assert_eq!(m.0[0] & 0x02, 0x02, "locally administered");
+            prop_assert_eq!(m, vm_mac(&key));
         }
     }
 }

@@ -204,6 +204,8 @@ mod tests {
                         protocol_version: ROOT_PROTOCOL_VERSION,
                         helper_version: "t".into(),
                         owner_uid: 4242,
+                        bridge: "banger0".into(),
+                        subnet: "172.16.0.0/24".into(),
                     }),
                     _ => Err(RootError::new(
                         banger_proto::root::RootErrorKind::BadRequest,

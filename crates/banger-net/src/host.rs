@@ -44,12 +44,14 @@ pub enum HostError {
 
 /// Privileged host networking primitives.
 pub trait HostNet: Send {
-    /// IPv4 routes of the main table of the current network namespace.
+    /// IPv4 routes of every routing table of the current network namespace.
     fn routes(&mut self) -> Result<Vec<Route>, HostError>;
     /// Create bridge `name` if missing, add `addr/prefix` if missing, bring it up.
     fn ensure_bridge(&mut self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), HostError>;
     /// Delete a link if it exists.
     fn delete_link(&mut self, name: &str) -> Result<(), HostError>;
+    /// Whether a link of this name exists.
+    fn link_exists(&mut self, name: &str) -> Result<bool, HostError>;
     /// Create (or reopen) persistent tap `name` owned by `owner_uid`.
     fn create_tap(&mut self, name: &str, owner_uid: u32) -> Result<(), HostError>;
     /// Attach `link` to `bridge` and bring it up.
@@ -58,6 +60,9 @@ pub trait HostNet: Send {
     fn nft_apply(&mut self, batch: &Value) -> Result<(), HostError>;
     /// `(family, name)` of every nftables table (only to check banger's own exist).
     fn nft_tables(&mut self) -> Result<Vec<(String, String)>, HostError>;
+    /// The elements of one of banger's own sets (`nft -j list set`), as nft
+    /// prints them; empty when the set or table does not exist.
+    fn nft_set_elements(&mut self, family: &str, set: &str) -> Result<Vec<Value>, HostError>;
     /// Run `resolvectl` with these arguments.
     fn resolvectl(&mut self, args: &[String]) -> Result<(), HostError>;
     /// Set `net.ipv4.ip_forward`.
@@ -76,6 +81,9 @@ pub enum HostCall {
     DeleteLink {
         name: String,
     },
+    LinkExists {
+        name: String,
+    },
     CreateTap {
         name: String,
         owner_uid: u32,
@@ -88,6 +96,10 @@ pub enum HostCall {
         batch: Value,
     },
     NftTables,
+    NftSetElements {
+        family: String,
+        set: String,
+    },
     Resolvectl {
         args: Vec<String>,
     },
@@ -96,14 +108,18 @@ pub enum HostCall {
     },
 }
 
-/// Recording fake: remembers every call, answers `routes` and `nft_tables`
-/// from fields the test sets, and fails the call named in `fail` (matched
-/// against the `HostCall` variant name, e.g. `"CreateTap"`).
+/// Recording fake: remembers every call, answers `routes`, `nft_tables` and
+/// `nft_set_elements` from fields the test sets (`sets` is keyed by set
+/// name), and fails the call named in `fail` (matched against the
+/// `HostCall` variant name, e.g. `"CreateTap"`).
 #[derive(Debug, Default)]
 pub struct FakeHostNet {
     pub calls: Vec<HostCall>,
     pub routes: Vec<Route>,
     pub tables: Vec<(String, String)>,
+    /// Links `link_exists` reports.
+    pub links: Vec<String>,
+    pub sets: std::collections::HashMap<String, Vec<Value>>,
     pub fail: Option<&'static str>,
 }
 
@@ -126,11 +142,30 @@ impl FakeHostNet {
         Ok(())
     }
 
-    /// Calls other than the read-only queries (`Routes`, `NftTables`).
+    /// Calls other than the read-only queries.
     pub fn mutations(&self) -> Vec<&HostCall> {
         self.calls
             .iter()
-            .filter(|c| !matches!(c, HostCall::Routes | HostCall::NftTables))
+            .filter(|c| {
+                !matches!(
+                    c,
+                    HostCall::Routes
+                        | HostCall::NftTables
+                        | HostCall::NftSetElements { .. }
+                        | HostCall::LinkExists { .. }
+                )
+            })
+            .collect()
+    }
+
+    /// The nft batches applied, in order.
+    pub fn batches(&self) -> Vec<&Value> {
+        self.calls
+            .iter()
+            .filter_map(|c| match c {
+                HostCall::NftApply { batch } => Some(batch),
+                _ => None,
+            })
             .collect()
     }
 }
@@ -149,6 +184,10 @@ impl HostNet for FakeHostNet {
     }
     fn delete_link(&mut self, name: &str) -> Result<(), HostError> {
         self.record(HostCall::DeleteLink { name: name.into() })
+    }
+    fn link_exists(&mut self, name: &str) -> Result<bool, HostError> {
+        self.record(HostCall::LinkExists { name: name.into() })?;
+        Ok(self.links.iter().any(|l| l == name))
     }
     fn create_tap(&mut self, name: &str, owner_uid: u32) -> Result<(), HostError> {
         self.record(HostCall::CreateTap {
@@ -170,6 +209,13 @@ impl HostNet for FakeHostNet {
     fn nft_tables(&mut self) -> Result<Vec<(String, String)>, HostError> {
         self.record(HostCall::NftTables)?;
         Ok(self.tables.clone())
+    }
+    fn nft_set_elements(&mut self, family: &str, set: &str) -> Result<Vec<Value>, HostError> {
+        self.record(HostCall::NftSetElements {
+            family: family.into(),
+            set: set.into(),
+        })?;
+        Ok(self.sets.get(set).cloned().unwrap_or_default())
     }
     fn resolvectl(&mut self, args: &[String]) -> Result<(), HostError> {
         self.record(HostCall::Resolvectl {

@@ -11,11 +11,14 @@ use std::process::{Command, Stdio};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec};
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
 use serde_json::Value;
 
 use crate::host::{HostError, HostNet};
-use crate::routes::{Route, parse_proc_net_route};
+use crate::nft::TABLE;
+use crate::routes::Route;
 
 const NFT_PATHS: &[&str] = &["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"];
 const RESOLVECTL_PATHS: &[&str] = &[
@@ -203,11 +206,43 @@ fn create_persistent_tap(name: &str, owner_uid: u32) -> Result<(), HostError> {
 
 impl HostNet for RealHostNet {
     fn routes(&mut self) -> Result<Vec<Route>, HostError> {
-        let text = std::fs::read_to_string("/proc/net/route").map_err(|e| HostError::Io {
-            what: "read /proc/net/route".into(),
-            source: e,
-        })?;
-        Ok(parse_proc_net_route(&text))
+        self.with_handle(async |h| {
+            let mut names = std::collections::HashMap::new();
+            let mut links = h.link().get().execute();
+            while let Some(l) = links.try_next().await.map_err(nl_err("list links"))? {
+                for a in &l.attributes {
+                    if let LinkAttribute::IfName(n) = a {
+                        names.insert(l.header.index, n.clone());
+                    }
+                }
+            }
+            // A dump with table UNSPEC returns the routes of every table
+            // (`ip route show table all`), local and policy tables included.
+            let mut msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
+            msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
+            let mut dump = h.route().get(msg).execute();
+            let mut out = Vec::new();
+            while let Some(r) = dump.try_next().await.map_err(nl_err("list routes"))? {
+                let mut dest = Ipv4Addr::UNSPECIFIED;
+                let mut dev = String::new();
+                let mut table = u32::from(r.header.table);
+                for a in &r.attributes {
+                    match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(d)) => dest = *d,
+                        RouteAttribute::Oif(i) => dev = names.get(i).cloned().unwrap_or_default(),
+                        RouteAttribute::Table(t) => table = *t,
+                        _ => {}
+                    }
+                }
+                out.push(Route {
+                    dest,
+                    prefix: r.header.destination_prefix_length,
+                    dev,
+                    table,
+                });
+            }
+            Ok(out)
+        })
     }
 
     fn ensure_bridge(&mut self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), HostError> {
@@ -262,6 +297,10 @@ impl HostNet for RealHostNet {
         })
     }
 
+    fn link_exists(&mut self, name: &str) -> Result<bool, HostError> {
+        self.with_handle(async |h| Ok(link_index(h, name).await?.is_some()))
+    }
+
     fn create_tap(&mut self, name: &str, owner_uid: u32) -> Result<(), HostError> {
         create_persistent_tap(name, owner_uid)
     }
@@ -309,6 +348,30 @@ impl HostNet for RealHostNet {
                     t["name"].as_str()?.to_string(),
                 ))
             })
+            .collect())
+    }
+
+    fn nft_set_elements(&mut self, family: &str, set: &str) -> Result<Vec<Value>, HostError> {
+        let nft = find_program(NFT_PATHS, "nft", "nftables")?;
+        let out = match run(nft, &["-j", "list", "set", family, TABLE, set], None) {
+            Ok(out) => out,
+            // No table or set yet: nothing registered.
+            Err(HostError::Command { stderr, .. }) if stderr.contains("No such file") => {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e),
+        };
+        let v: Value = serde_json::from_str(&out).map_err(|e| HostError::Command {
+            program: format!("nft -j list set {family} {TABLE} {set}"),
+            status: "unparseable output".into(),
+            stderr: e.to_string(),
+        })?;
+        Ok(v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.get("set")?.get("elem")?.as_array().cloned())
+            .flatten()
             .collect())
     }
 

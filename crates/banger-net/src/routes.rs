@@ -1,20 +1,37 @@
 //! Host IPv4 routes, as far as banger needs them: to refuse a VM subnet that
-//! collides with a network the host already reaches, and to find the
-//! default-route interface masquerade goes out of.
+//! collides with a network the host already reaches (in *any* routing
+//! table: a policy-routing table can claim a range the main table does not
+//! show), and to find the default-route interface masquerade goes out of.
 
 use std::net::Ipv4Addr;
 
 use banger_core::config::Subnet;
 
-/// One IPv4 route of the host's main table.
+/// The main routing table's id.
+pub const MAIN_TABLE: u32 = 254;
+
+/// One IPv4 route of one of the host's routing tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub dest: Ipv4Addr,
     pub prefix: u8,
+    /// Output interface; empty for routes without one (blackhole,
+    /// unreachable, multipath).
     pub dev: String,
+    pub table: u32,
 }
 
 impl Route {
+    /// A main-table route (what most tests and hosts have).
+    pub fn main(dest: Ipv4Addr, prefix: u8, dev: &str) -> Route {
+        Route {
+            dest,
+            prefix,
+            dev: dev.into(),
+            table: MAIN_TABLE,
+        }
+    }
+
     pub fn is_default(&self) -> bool {
         self.prefix == 0
     }
@@ -30,36 +47,16 @@ impl Route {
 
 impl std::fmt::Display for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{} dev {}", self.dest, self.prefix, self.dev)
+        write!(f, "{}/{}", self.dest, self.prefix)?;
+        if !self.dev.is_empty() {
+            write!(f, " dev {}", self.dev)?;
+        }
+        match self.table {
+            MAIN_TABLE => Ok(()),
+            255 => write!(f, " (table local)"),
+            t => write!(f, " (table {t})"),
+        }
     }
-}
-
-/// Parse `/proc/net/route` (the calling process's network namespace).
-/// Addresses there are little-endian hex; malformed lines are skipped rather
-/// than trusted.
-pub fn parse_proc_net_route(text: &str) -> Vec<Route> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 8 {
-                return None;
-            }
-            let dest = u32::from_str_radix(f[1], 16).ok()?;
-            let mask = u32::from_str_radix(f[7], 16).ok()?;
-            // The kernel prints the network-order word as a host-order
-            // (little-endian here) integer.
-            let mask = u32::from_be_bytes(mask.to_le_bytes());
-            if mask.leading_ones() + mask.trailing_zeros() != 32 {
-                return None;
-            }
-            Some(Route {
-                dest: Ipv4Addr::from(dest.to_le_bytes()),
-                prefix: mask.leading_ones() as u8,
-                dev: f[0].to_string(),
-            })
-        })
-        .collect()
 }
 
 /// First route (other than a default route, and other than routes on
@@ -80,11 +77,11 @@ pub fn overlapping_route<'a>(
     })
 }
 
-/// The interface of the (first) default route, if any.
+/// The interface of the (first) default route of the main table, if any.
 pub fn default_route_dev(routes: &[Route]) -> Option<&str> {
     routes
         .iter()
-        .find(|r| r.is_default())
+        .find(|r| r.is_default() && r.table == MAIN_TABLE && !r.dev.is_empty())
         .map(|r| r.dev.as_str())
 }
 
@@ -92,49 +89,31 @@ pub fn default_route_dev(routes: &[Route]) -> Option<&str> {
 mod tests {
     use super::*;
 
-    const SAMPLE: &str =
-        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
-eth0\t00000000\t0102A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0
-eth0\t0002A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0
-docker0\t000010AC\t00000000\t0001\t0\t0\t0\t0000F0FF\t0\t0\t0
-banger0\t000010AC\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
-garbage
-";
-
-    #[test]
-    fn parses_proc_net_route() {
-        let r = parse_proc_net_route(SAMPLE);
-        assert_eq!(
-            r,
-            vec![
-                Route {
-                    dest: Ipv4Addr::UNSPECIFIED,
-                    prefix: 0,
-                    dev: "eth0".into()
-                },
-                Route {
-                    dest: Ipv4Addr::new(192, 168, 2, 0),
-                    prefix: 24,
-                    dev: "eth0".into()
-                },
-                Route {
-                    dest: Ipv4Addr::new(172, 16, 0, 0),
-                    prefix: 12,
-                    dev: "docker0".into()
-                },
-                Route {
-                    dest: Ipv4Addr::new(172, 16, 0, 0),
-                    prefix: 24,
-                    dev: "banger0".into()
-                },
-            ]
-        );
-        assert_eq!(default_route_dev(&r), Some("eth0"));
+    fn sample() -> Vec<Route> {
+        vec![
+            Route::main(Ipv4Addr::UNSPECIFIED, 0, "eth0"),
+            Route::main(Ipv4Addr::new(192, 168, 2, 0), 24, "eth0"),
+            Route::main(Ipv4Addr::new(172, 16, 0, 0), 12, "docker0"),
+            Route::main(Ipv4Addr::new(172, 16, 0, 0), 24, "banger0"),
+            Route {
+                dest: Ipv4Addr::new(10, 99, 0, 0),
+                prefix: 16,
+                dev: "wg0".into(),
+                table: 51820,
+            },
+            Route {
+                dest: Ipv4Addr::UNSPECIFIED,
+                prefix: 0,
+                dev: "wg0".into(),
+                table: 51820,
+            },
+        ]
     }
 
     #[test]
     fn overlap_ignores_default_and_own_bridge() {
-        let routes = parse_proc_net_route(SAMPLE);
+        let routes = sample();
+        assert_eq!(default_route_dev(&routes), Some("eth0"));
         let s = Subnet::parse("172.16.0.0/24").expect("subnet");
         let hit = overlapping_route(&s, "banger0", &routes).expect("docker0 /12 covers it");
         assert_eq!(hit.dev, "docker0");
@@ -146,5 +125,15 @@ garbage
             overlapping_route(&wide, "banger0", &routes).map(|r| r.dev.as_str()),
             Some("eth0")
         );
+    }
+
+    #[test]
+    fn routes_of_other_tables_conflict_too() {
+        let routes = sample();
+        let s = Subnet::parse("10.99.3.0/24").expect("subnet");
+        let hit = overlapping_route(&s, "banger0", &routes).expect("table 51820 has it");
+        assert_eq!(hit.to_string(), "10.99.0.0/16 dev wg0 (table 51820)");
+        // Only the main table's default route is the uplink.
+        assert_eq!(default_route_dev(&routes[4..]), None);
     }
 }

@@ -1,25 +1,35 @@
 //! The root helper's decision logic: validate every argument of a
-//! [`RootOp`], then drive the [`HostNet`] primitives. Kept apart from the
-//! socket handling in `bangerd-root` so it is unit-tested with
-//! [`crate::host::FakeHostNet`].
+//! [`RootOp`] against the helper's own [`NetPolicy`], then drive the
+//! [`HostNet`] primitives. Kept apart from the socket handling in
+//! `bangerd-root` so it is unit-tested with [`crate::host::FakeHostNet`].
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use banger_core::config::{Subnet, validate_ifname};
-use banger_proto::root::{ROOT_PROTOCOL_VERSION, RootError, RootErrorKind, RootOp, RootReply};
+use banger_core::config::validate_ifname;
+use banger_proto::root::{
+    Egress, EgressGrant, ROOT_PROTOCOL_VERSION, RootError, RootErrorKind, RootOp, RootReply,
+};
 
+use crate::alloc::{Mac, TAP_PREFIX};
 use crate::host::{HostError, HostNet};
 use crate::nft;
+use crate::policy::NetPolicy;
+use crate::ports::{self, Port};
 use crate::routes::{default_route_dev, overlapping_route};
 
-/// Executes root operations for one owner uid.
+/// Executes root operations for one owner uid and one network.
 pub struct RootService<H> {
     host: H,
     owner_uid: u32,
+    policy: NetPolicy,
 }
 
 fn bad(msg: impl Into<String>) -> RootError {
     RootError::new(RootErrorKind::BadRequest, msg)
+}
+
+fn conflict(msg: impl Into<String>) -> RootError {
+    RootError::new(RootErrorKind::Conflict, msg)
 }
 
 fn failed(e: HostError) -> RootError {
@@ -28,10 +38,6 @@ fn failed(e: HostError) -> RootError {
 
 fn ifname(what: &str, name: &str) -> Result<(), RootError> {
     validate_ifname(name).map_err(|e| bad(format!("{what}: {e}")))
-}
-
-fn subnet(s: &str) -> Result<Subnet, RootError> {
-    Subnet::parse(s).map_err(bad)
 }
 
 /// `a.b.c.d` or `a.b.c.d:port`, a unicast address. Returned in the form
@@ -53,8 +59,12 @@ fn dns_addr(s: &str) -> Result<String, RootError> {
 }
 
 impl<H: HostNet> RootService<H> {
-    pub fn new(host: H, owner_uid: u32) -> Self {
-        RootService { host, owner_uid }
+    pub fn new(host: H, owner_uid: u32, policy: NetPolicy) -> Self {
+        RootService {
+            host,
+            owner_uid,
+            policy,
+        }
     }
 
     pub fn host(&self) -> &H {
@@ -65,6 +75,49 @@ impl<H: HostNet> RootService<H> {
         self.owner_uid
     }
 
+    pub fn policy(&self) -> &NetPolicy {
+        &self.policy
+    }
+
+    /// The bridge a request names must be this installation's one bridge.
+    fn our_bridge(&self, bridge: &str) -> Result<(), RootError> {
+        ifname("bridge", bridge)?;
+        if bridge != self.policy.bridge {
+            return Err(bad(format!(
+                "bridge {bridge:?} is not this installation's bridge {:?}; the root helper serves                  one bridge, set by its own configuration (`banger system install` writes it from                  [network] in config.toml)",
+                self.policy.bridge
+            )));
+        }
+        Ok(())
+    }
+
+    /// Bridge and subnet of a request must be the helper's own.
+    fn our_network(&self, bridge: &str, subnet: &str) -> Result<(), RootError> {
+        self.our_bridge(bridge)?;
+        if subnet != self.policy.subnet.to_string() {
+            return Err(bad(format!(
+                "subnet {subnet:?} is not this installation's VM subnet {}; the root helper decides                  the subnet from its own configuration — set the same `subnet` under [network] in                  config.toml, or reinstall with `banger system install` to change it",
+                self.policy.subnet
+            )));
+        }
+        Ok(())
+    }
+
+    /// An address a VM can hold: inside the subnet, not its network,
+    /// gateway or broadcast address.
+    fn vm_ip(&self, s: &str) -> Result<Ipv4Addr, RootError> {
+        let ip: Ipv4Addr = s
+            .parse()
+            .map_err(|_| bad(format!("VM address {s:?} is not an IPv4 address")))?;
+        let n = &self.policy.subnet;
+        if !n.contains(ip) || ip == n.network || ip == n.gateway() || ip == n.broadcast() {
+            return Err(bad(format!(
+                "VM address {ip} is not a VM address of the subnet {n} (network, gateway and                  broadcast are not)"
+            )));
+        }
+        Ok(ip)
+    }
+
     /// Validate and carry out one operation.
     pub fn handle(&mut self, op: &RootOp) -> Result<RootReply, RootError> {
         match op {
@@ -72,18 +125,17 @@ impl<H: HostNet> RootService<H> {
                 protocol_version: ROOT_PROTOCOL_VERSION,
                 helper_version: env!("CARGO_PKG_VERSION").to_string(),
                 owner_uid: self.owner_uid,
+                bridge: self.policy.bridge.clone(),
+                subnet: self.policy.subnet.to_string(),
             }),
-            RootOp::EnsureBridge { bridge, subnet: s } => {
-                ifname("bridge", bridge)?;
-                let s = subnet(s)?;
+            RootOp::EnsureBridge { bridge, subnet } => {
+                self.our_network(bridge, subnet)?;
+                let s = self.policy.subnet;
                 let routes = self.host.routes().map_err(failed)?;
                 if let Some(r) = overlapping_route(&s, bridge, &routes) {
-                    return Err(RootError::new(
-                        RootErrorKind::Conflict,
-                        format!(
-                            "VM subnet {s} overlaps the host route {r}; choose a free range with `subnet = \"…\"` in config.toml"
-                        ),
-                    ));
+                    return Err(conflict(format!(
+                        "VM subnet {s} overlaps the host route {r}; choose a free range with                          `subnet = \"…\"` under [network] and reinstall (`banger system install`)"
+                    )));
                 }
                 self.host
                     .ensure_bridge(bridge, s.gateway(), s.prefix)
@@ -91,7 +143,7 @@ impl<H: HostNet> RootService<H> {
                 Ok(RootReply::Done)
             }
             RootOp::DeleteBridge { bridge } => {
-                ifname("bridge", bridge)?;
+                self.our_bridge(bridge)?;
                 self.host.delete_link(bridge).map_err(failed)?;
                 Ok(RootReply::Done)
             }
@@ -99,48 +151,34 @@ impl<H: HostNet> RootService<H> {
                 tap,
                 bridge,
                 owner_uid,
-            } => {
-                ifname("tap", tap)?;
-                ifname("bridge", bridge)?;
-                if tap == bridge {
-                    return Err(bad(format!("tap and bridge are both {tap:?}")));
-                }
-                if *owner_uid != self.owner_uid {
-                    return Err(bad(format!(
-                        "tap owner uid {owner_uid} is not this helper's owner uid {}; taps are only created for the owner",
-                        self.owner_uid
-                    )));
-                }
-                self.host.create_tap(tap, *owner_uid).map_err(failed)?;
-                if let Err(e) = self.host.attach(tap, bridge) {
-                    // Don't leave a half-made tap behind for the next create
-                    // to trip over.
-                    let _ = self.host.delete_link(tap);
-                    return Err(failed(e));
-                }
-                Ok(RootReply::Done)
-            }
+                mac,
+                ip,
+                egress,
+            } => self.create_tap(tap, bridge, *owner_uid, mac, ip, *egress),
             RootOp::DeleteTap { tap } => {
                 ifname("tap", tap)?;
                 self.host.delete_link(tap).map_err(failed)?;
-                // A tap name is reused when a VM of the same id comes back;
-                // it must not inherit an old egress block.
-                if self.egress_table_present()? {
-                    self.host
-                        .nft_apply(&nft::egress_batch(tap, true))
-                        .map_err(failed)?;
+                // A tap name is reused when a VM comes back; it must not
+                // inherit an old identity or egress policy.
+                if self.tables_present()? {
+                    let old = self.ports_of(|p| p.tap == *tap)?;
+                    let grants = self.grants_of(&old)?;
+                    if !old.is_empty() {
+                        self.host
+                            .nft_apply(&ports::unregister_batch(&old, &grants))
+                            .map_err(failed)?;
+                    }
                 }
                 Ok(RootReply::Done)
             }
-            RootOp::EnsureNat { bridge, subnet: s } => {
-                ifname("bridge", bridge)?;
-                let s = subnet(s)?;
+            RootOp::EnsureNat { bridge, subnet } => {
+                self.our_network(bridge, subnet)?;
                 let routes = self.host.routes().map_err(failed)?;
                 let uplink = default_route_dev(&routes)
                     .filter(|d| *d != bridge.as_str())
                     .map(str::to_string);
                 self.host
-                    .nft_apply(&nft::ensure_batch(bridge, &s, uplink.as_deref()))
+                    .nft_apply(&nft::ensure_batch(&self.policy, uplink.as_deref()))
                     .map_err(failed)?;
                 Ok(RootReply::Nat { uplink })
             }
@@ -148,24 +186,12 @@ impl<H: HostNet> RootService<H> {
                 self.host.nft_apply(&nft::remove_batch()).map_err(failed)?;
                 Ok(RootReply::Done)
             }
-            RootOp::SetEgress { tap, allowed } => {
-                ifname("tap", tap)?;
-                if !self.egress_table_present()? {
-                    return Err(RootError::new(
-                        RootErrorKind::Conflict,
-                        "banger's nftables tables are not installed; send ensure_nat before set_egress",
-                    ));
-                }
-                self.host
-                    .nft_apply(&nft::egress_batch(tap, *allowed))
-                    .map_err(failed)?;
-                Ok(RootReply::Done)
-            }
+            RootOp::AllowEgress { ip, grants } => self.allow_egress(ip, grants),
             RootOp::WireResolved {
                 bridge,
                 dns_addr: a,
             } => {
-                ifname("bridge", bridge)?;
+                self.our_bridge(bridge)?;
                 let a = dns_addr(a)?;
                 for args in [
                     vec!["dns".to_string(), bridge.clone(), a],
@@ -179,7 +205,7 @@ impl<H: HostNet> RootService<H> {
                 Ok(RootReply::Done)
             }
             RootOp::UnwireResolved { bridge } => {
-                ifname("bridge", bridge)?;
+                self.our_bridge(bridge)?;
                 self.host
                     .resolvectl(&["revert".to_string(), bridge.clone()])
                     .map_err(failed)?;
@@ -192,292 +218,142 @@ impl<H: HostNet> RootService<H> {
         }
     }
 
-    fn egress_table_present(&mut self) -> Result<bool, RootError> {
+    fn create_tap(
+        &mut self,
+        tap: &str,
+        bridge: &str,
+        owner_uid: u32,
+        mac: &str,
+        ip: &str,
+        egress: Egress,
+    ) -> Result<RootReply, RootError> {
+        ifname("tap", tap)?;
+        // The guest filters match taps by this prefix: a tap named
+        // otherwise would escape them.
+        if !tap.starts_with(TAP_PREFIX) {
+            return Err(bad(format!(
+                "tap {tap:?} does not start with {TAP_PREFIX:?}; banger's guest filters only                  cover taps with that prefix"
+            )));
+        }
+        self.our_bridge(bridge)?;
+        if owner_uid != self.owner_uid {
+            return Err(bad(format!(
+                "tap owner uid {owner_uid} is not this helper's owner uid {}; taps are only                  created for the owner",
+                self.owner_uid
+            )));
+        }
+        let mac: Mac = mac.parse().map_err(|e| bad(format!("tap MAC: {e}")))?;
+        if !mac.is_guest_unicast() {
+            return Err(bad(format!(
+                "tap MAC {mac} is multicast or all zeros; a guest NIC needs a unicast MAC"
+            )));
+        }
+        let ip = self.vm_ip(ip)?;
+        if !self.tables_present()? {
+            return Err(conflict(
+                "banger's nftables tables are not installed; send ensure_nat before create_tap                  (a tap without its guest filters would be a hole)",
+            ));
+        }
+        // Another tap's binding of this address or MAC: a conflict while
+        // that tap exists, stale (its VM went while the helper was down)
+        // once it does not.
+        let mut stale_others = Vec::new();
+        for other in self.ports_of(|p| p.tap != tap && (p.ip == ip || p.mac == mac))? {
+            if self.host.link_exists(&other.tap).map_err(failed)? {
+                return Err(conflict(format!(
+                    "{} already holds {} / {}; a VM's address and MAC are its own",
+                    other.tap, other.ip, other.mac
+                )));
+            }
+            stale_others.push(other);
+        }
+        let port = Port {
+            tap: tap.to_string(),
+            mac,
+            ip,
+        };
+        let mut old = self.ports_of(|p| p.tap == tap)?;
+        old.extend(stale_others);
+        let mut stale = old.clone();
+        stale.push(port.clone());
+        let grants = self.grants_of(&stale)?;
+        // Bind first: until the tap exists nothing can use the binding, and
+        // a tap that exists unbound has all its frames dropped.
+        self.host
+            .nft_apply(&ports::register_batch(&port, egress, &old, &grants))
+            .map_err(failed)?;
+        self.host.create_tap(tap, owner_uid).map_err(failed)?;
+        if let Err(e) = self.host.attach(tap, bridge) {
+            // Don't leave a half-made tap behind for the next create to trip
+            // over.
+            let _ = self.host.delete_link(tap);
+            return Err(failed(e));
+        }
+        Ok(RootReply::Done)
+    }
+
+    fn allow_egress(&mut self, ip: &str, grants: &[EgressGrant]) -> Result<RootReply, RootError> {
+        let guest = self.vm_ip(ip)?;
+        let mut parsed = Vec::with_capacity(grants.len());
+        for g in grants {
+            let a: Ipv4Addr = g
+                .addr
+                .parse()
+                .map_err(|_| bad(format!("granted address {:?} is not an IPv4 address", g.addr)))?;
+            if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+                return Err(bad(format!("granted address {a} is not a unicast address")));
+            }
+            parsed.push((a, g.ttl_secs));
+        }
+        if !self.tables_present()? {
+            return Err(conflict(
+                "banger's nftables tables are not installed; send ensure_nat first",
+            ));
+        }
+        let listed = self.host.nft_set_elements("ip", nft::LISTED_SET).map_err(failed)?;
+        if !listed.iter().any(|e| e.as_str() == Some(&guest.to_string())) {
+            return Err(conflict(format!(
+                "the VM at {guest} has no allowlist egress policy; create its tap with egress                  \"allowlist\" first"
+            )));
+        }
+        if !parsed.is_empty() {
+            self.host
+                .nft_apply(&ports::grant_batch(guest, &parsed))
+                .map_err(failed)?;
+        }
+        Ok(RootReply::Done)
+    }
+
+    fn tables_present(&mut self) -> Result<bool, RootError> {
         let tables = self.host.nft_tables().map_err(failed)?;
-        Ok(tables.iter().any(|(f, n)| f == "bridge" && n == nft::TABLE))
+        let has = |fam: &str| tables.iter().any(|(f, n)| f == fam && n == nft::TABLE);
+        Ok(has("bridge") && has("ip"))
+    }
+
+    fn ports_of(&mut self, pick: impl Fn(&Port) -> bool) -> Result<Vec<Port>, RootError> {
+        let elems = self
+            .host
+            .nft_set_elements("bridge", nft::PORTS_SET)
+            .map_err(failed)?;
+        Ok(ports::parse_ports(&elems).into_iter().filter(pick).collect())
+    }
+
+    /// Allowlist grants held by any of these ports' addresses.
+    fn grants_of(&mut self, of: &[Port]) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>, RootError> {
+        if of.is_empty() {
+            return Ok(Vec::new());
+        }
+        let elems = self
+            .host
+            .nft_set_elements("ip", nft::ALLOWED_SET)
+            .map_err(failed)?;
+        Ok(ports::parse_grants(&elems)
+            .into_iter()
+            .filter(|(g, _)| of.iter().any(|p| p.ip == *g))
+            .collect())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::host::{FakeHostNet, HostCall};
-    use crate::routes::Route;
-
-    fn svc() -> RootService<FakeHostNet> {
-        RootService::new(FakeHostNet::default(), 1000)
-    }
-
-    fn route(dest: [u8; 4], prefix: u8, dev: &str) -> Route {
-        Route {
-            dest: dest.into(),
-            prefix,
-            dev: dev.into(),
-        }
-    }
-
-    #[test]
-    fn ensure_bridge_gives_gateway_address() {
-        let mut s = svc();
-        let r = s.handle(&RootOp::EnsureBridge {
-            bridge: "banger0".into(),
-            subnet: "172.16.0.0/24".into(),
-        });
-        assert_eq!(r, Ok(RootReply::Done));
-        assert_eq!(
-            s.host().mutations(),
-            vec![&HostCall::EnsureBridge {
-                name: "banger0".into(),
-                addr: Ipv4Addr::new(172, 16, 0, 1),
-                prefix: 24
-            }]
-        );
-    }
-
-    #[test]
-    fn overlapping_subnet_is_refused_naming_the_route() {
-        let mut s = svc();
-        s.host.routes = vec![
-            route([0, 0, 0, 0], 0, "eth0"),
-            route([172, 16, 0, 0], 12, "docker0"),
-        ];
-        let err = s
-            .handle(&RootOp::EnsureBridge {
-                bridge: "banger0".into(),
-                subnet: "172.16.0.0/24".into(),
-            })
-            .expect_err("overlap");
-        assert_eq!(err.kind, RootErrorKind::Conflict);
-        assert!(
-            err.message.contains("172.16.0.0/12 dev docker0"),
-            "{}",
-            err.message
-        );
-        assert!(
-            s.host().mutations().is_empty(),
-            "nothing may change on a conflict"
-        );
-    }
-
-    #[test]
-    fn own_bridge_route_is_not_a_conflict() {
-        let mut s = svc();
-        s.host.routes = vec![route([172, 16, 0, 0], 24, "banger0")];
-        assert!(
-            s.handle(&RootOp::EnsureBridge {
-                bridge: "banger0".into(),
-                subnet: "172.16.0.0/24".into()
-            })
-            .is_ok()
-        );
-    }
-
-    #[test]
-    fn foreign_interface_names_and_bad_subnets_are_refused_before_any_change() {
-        let mut s = svc();
-        for op in [
-            RootOp::EnsureBridge {
-                bridge: "eth0".into(),
-                subnet: "172.16.0.0/24".into(),
-            },
-            RootOp::EnsureBridge {
-                bridge: "banger0".into(),
-                subnet: "0.0.0.0/0".into(),
-            },
-            RootOp::EnsureBridge {
-                bridge: "banger0".into(),
-                subnet: "172.16.0.1/24".into(),
-            },
-            RootOp::DeleteBridge {
-                bridge: "docker0".into(),
-            },
-            RootOp::CreateTap {
-                tap: "../../etc/passwd".into(),
-                bridge: "banger0".into(),
-                owner_uid: 1000,
-            },
-            RootOp::CreateTap {
-                tap: "bangertap_much_too_long".into(),
-                bridge: "banger0".into(),
-                owner_uid: 1000,
-            },
-            RootOp::CreateTap {
-                tap: "bangertap1".into(),
-                bridge: "banger0".into(),
-                owner_uid: 0,
-            },
-            RootOp::CreateTap {
-                tap: "banger0".into(),
-                bridge: "banger0".into(),
-                owner_uid: 1000,
-            },
-            RootOp::DeleteTap { tap: "lo".into() },
-            RootOp::EnsureNat {
-                bridge: "br0".into(),
-                subnet: "172.16.0.0/24".into(),
-            },
-            RootOp::SetEgress {
-                tap: "eth0".into(),
-                allowed: false,
-            },
-            RootOp::WireResolved {
-                bridge: "banger0".into(),
-                dns_addr: "8.8.8.8; rm -rf /".into(),
-            },
-            RootOp::WireResolved {
-                bridge: "banger0".into(),
-                dns_addr: "0.0.0.0".into(),
-            },
-            RootOp::WireResolved {
-                bridge: "banger0".into(),
-                dns_addr: "172.16.0.1:0".into(),
-            },
-            RootOp::UnwireResolved {
-                bridge: "wlan0".into(),
-            },
-        ] {
-            let err = s.handle(&op).expect_err(&format!("{op:?} must be refused"));
-            assert_eq!(err.kind, RootErrorKind::BadRequest, "{op:?}: {err}");
-        }
-        assert!(s.host().mutations().is_empty(), "{:?}", s.host().calls);
-    }
-
-    #[test]
-    fn create_tap_owns_then_attaches_and_cleans_up_on_failure() {
-        let mut s = svc();
-        let op = RootOp::CreateTap {
-            tap: "bangertap0a1b2c".into(),
-            bridge: "banger0".into(),
-            owner_uid: 1000,
-        };
-        assert_eq!(s.handle(&op), Ok(RootReply::Done));
-        assert_eq!(
-            s.host().mutations(),
-            vec![
-                &HostCall::CreateTap {
-                    name: "bangertap0a1b2c".into(),
-                    owner_uid: 1000
-                },
-                &HostCall::Attach {
-                    link: "bangertap0a1b2c".into(),
-                    bridge: "banger0".into()
-                },
-            ]
-        );
-        let mut s = svc();
-        s.host.fail = Some("Attach");
-        let err = s.handle(&op).expect_err("attach fails");
-        assert_eq!(err.kind, RootErrorKind::Failed);
-        assert_eq!(
-            s.host().calls.last(),
-            Some(&HostCall::DeleteLink {
-                name: "bangertap0a1b2c".into()
-            })
-        );
-    }
-
-    #[test]
-    fn nat_uses_default_route_interface() {
-        let mut s = svc();
-        s.host.routes = vec![route([0, 0, 0, 0], 0, "enp3s0")];
-        let r = s.handle(&RootOp::EnsureNat {
-            bridge: "banger0".into(),
-            subnet: "172.16.0.0/24".into(),
-        });
-        assert_eq!(
-            r,
-            Ok(RootReply::Nat {
-                uplink: Some("enp3s0".into())
-            })
-        );
-        let HostCall::NftApply { batch } = s.host().mutations()[0] else {
-            panic!("expected nft")
-        };
-        assert!(batch.to_string().contains("enp3s0"));
-        let mut s = svc();
-        assert_eq!(
-            s.handle(&RootOp::EnsureNat {
-                bridge: "banger0".into(),
-                subnet: "172.16.0.0/24".into()
-            }),
-            Ok(RootReply::Nat { uplink: None })
-        );
-    }
-
-    #[test]
-    fn set_egress_needs_the_table_and_delete_tap_clears_it() {
-        let mut s = svc();
-        let err = s
-            .handle(&RootOp::SetEgress {
-                tap: "bangertapaaaaaa".into(),
-                allowed: false,
-            })
-            .expect_err("no table");
-        assert_eq!(err.kind, RootErrorKind::Conflict);
-        s.host.tables = vec![("bridge".into(), "banger".into())];
-        assert!(
-            s.handle(&RootOp::SetEgress {
-                tap: "bangertapaaaaaa".into(),
-                allowed: false
-            })
-            .is_ok()
-        );
-        assert!(
-            s.handle(&RootOp::DeleteTap {
-                tap: "bangertapaaaaaa".into()
-            })
-            .is_ok()
-        );
-        let m = s.host().mutations();
-        assert_eq!(
-            m[0],
-            &HostCall::NftApply {
-                batch: nft::egress_batch("bangertapaaaaaa", false)
-            }
-        );
-        assert_eq!(
-            m[1],
-            &HostCall::DeleteLink {
-                name: "bangertapaaaaaa".into()
-            }
-        );
-        assert_eq!(
-            m[2],
-            &HostCall::NftApply {
-                batch: nft::egress_batch("bangertapaaaaaa", true)
-            }
-        );
-    }
-
-    #[test]
-    fn resolved_wiring_is_argv_only_vm_domain() {
-        let mut s = svc();
-        s.handle(&RootOp::WireResolved {
-            bridge: "banger0".into(),
-            dns_addr: "172.16.0.1".into(),
-        })
-        .expect("wire");
-        s.handle(&RootOp::UnwireResolved {
-            bridge: "banger0".into(),
-        })
-        .expect("unwire");
-        let args: Vec<Vec<String>> = s
-            .host()
-            .calls
-            .iter()
-            .filter_map(|c| match c {
-                HostCall::Resolvectl { args } => Some(args.clone()),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(
-            args,
-            vec![
-                vec!["dns", "banger0", "172.16.0.1"],
-                vec!["domain", "banger0", "~vm"],
-                vec!["default-route", "banger0", "false"],
-                vec!["revert", "banger0"],
-            ]
-        );
-    }
-}
+#[path = "service_tests.rs"]
+mod tests;

@@ -17,7 +17,7 @@ use thiserror::Error;
 /// Version of the daemon ↔ helper protocol. The helper answers a request of
 /// another version with [`RootErrorKind::VersionMismatch`] rather than
 /// guessing, so a daemon and helper from different builds fail loudly.
-pub const ROOT_PROTOCOL_VERSION: u32 = 1;
+pub const ROOT_PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame (one JSON line, newline included) either side accepts.
 pub const ROOT_MAX_FRAME: usize = 16 * 1024;
@@ -25,39 +25,77 @@ pub const ROOT_MAX_FRAME: usize = 16 * 1024;
 /// Where the helper listens unless told otherwise (`bangerd-root --socket`).
 pub const DEFAULT_ROOT_SOCKET: &str = "/run/banger-root/bangerd-root.sock";
 
+/// Where a VM's traffic may go beyond the VM subnet. The host's own
+/// services (banger's DNS on the gateway) are reachable under every policy;
+/// cloud metadata (169.254.0.0/16) and, when the helper is configured to
+/// block them, the host LAN's private ranges are reachable under none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Egress {
+    /// Anywhere (through the masquerade), except the ranges above.
+    All,
+    /// Nowhere outside the VM subnet (`--no-egress`).
+    None,
+    /// Only the addresses later granted by [`RootOp::AllowEgress`]
+    /// (`--egress allow:…`: what banger's DNS server resolved for the
+    /// allowed names).
+    Allowlist,
+}
+
+/// One address a VM with [`Egress::Allowlist`] may reach, for `ttl_secs`
+/// seconds (the DNS answer's TTL; the helper clamps it to a sane range).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressGrant {
+    pub addr: String,
+    pub ttl_secs: u32,
+}
+
 /// One privileged operation. Interface names must carry banger's prefix
 /// (`banger…`, at most 15 bytes); subnets are IPv4 CIDR strings as in
-/// `config.toml`.
+/// `config.toml`. The bridge and subnet are the helper's own configuration
+/// (its command line, written by `banger system install`): requests that
+/// name them are checked against it, never obeyed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RootOp {
     /// Liveness and version check; touches nothing.
     Ping,
     /// Create the bridge if missing, give it the subnet's gateway address
-    /// (`.1`) and bring it up. Refused if the subnet overlaps a host route
-    /// that is not the bridge's own.
+    /// (`.1`) and bring it up. Refused if bridge or subnet differ from the
+    /// helper's configuration, or the subnet overlaps a host route (of any
+    /// routing table) that is not the bridge's own.
     EnsureBridge { bridge: String, subnet: String },
     /// Delete the bridge (idempotent).
     DeleteBridge { bridge: String },
     /// Create a persistent tap owned by `owner_uid` (must be the helper's
-    /// configured owner), attach it to the bridge and bring it up.
+    /// configured owner), attach it to the bridge, bring it up, and bind it
+    /// to the guest's identity: frames from it must carry source MAC `mac`
+    /// and (for IPv4 and ARP) source address `ip`, which must be a VM
+    /// address of the subnet that no other tap holds. `egress` is the VM's
+    /// outbound policy.
     CreateTap {
         tap: String,
         bridge: String,
         owner_uid: u32,
+        mac: String,
+        ip: String,
+        egress: Egress,
     },
-    /// Delete the tap (idempotent) and forget its egress setting.
+    /// Delete the tap (idempotent) and forget its identity and egress policy.
     DeleteTap { tap: String },
     /// Install banger's own nftables tables in one atomic batch:
-    /// masquerade of the subnet out of the default-route interface, forward
-    /// rules, and the per-tap egress filter. Idempotent; keeps the per-tap
-    /// egress settings.
+    /// masquerade of the subnet out of the default-route interface, the
+    /// guest filters (per-tap identity, host and metadata ranges, egress
+    /// policy, inbound drop). Idempotent; keeps the per-tap state.
     EnsureNat { bridge: String, subnet: String },
     /// Delete banger's own nftables tables (idempotent). Never touches others.
     RemoveNat,
-    /// Allow or block traffic from a tap to anything outside the VM subnet.
-    /// The VM stays reachable from the host either way.
-    SetEgress { tap: String, allowed: bool },
+    /// Let the VM with address `ip` (whose policy is [`Egress::Allowlist`])
+    /// reach each granted address until its TTL runs out. Sent by the owner
+    /// daemon when its DNS server answers that VM a query for an allowed
+    /// name.
+    AllowEgress { ip: String, grants: Vec<EgressGrant> },
     /// Route `.vm` queries to `dns_addr` (an IPv4 address, optionally
     /// `:port`) through systemd-resolved's per-link settings on the bridge.
     WireResolved { bridge: String, dns_addr: String },
@@ -78,7 +116,7 @@ impl RootOp {
             RootOp::DeleteTap { .. } => "delete_tap",
             RootOp::EnsureNat { .. } => "ensure_nat",
             RootOp::RemoveNat => "remove_nat",
-            RootOp::SetEgress { .. } => "set_egress",
+            RootOp::AllowEgress { .. } => "allow_egress",
             RootOp::WireResolved { .. } => "wire_resolved",
             RootOp::UnwireResolved { .. } => "unwire_resolved",
             RootOp::EnableForwarding => "enable_forwarding",
@@ -116,6 +154,9 @@ pub enum RootReply {
         protocol_version: u32,
         helper_version: String,
         owner_uid: u32,
+        /// The bridge and subnet this helper serves (its configuration).
+        bridge: String,
+        subnet: String,
     },
     /// The operation took effect (or there was nothing to do).
     Done,
@@ -223,13 +264,18 @@ mod tests {
             tap: "bangertap0".into(),
             bridge: "banger0".into(),
             owner_uid: 1000,
+            mac: "02:00:00:00:00:01".into(),
+            ip: "172.16.0.2".into(),
+            egress: Egress::None,
         });
         let v: serde_json::Value =
             serde_json::from_slice(&encode_frame(&req).expect("encode")).expect("json");
         assert_eq!(
             v,
-            serde_json::json!({"version": 1, "op": "create_tap", "tap": "bangertap0",
-                               "bridge": "banger0", "owner_uid": 1000})
+            serde_json::json!({"version": 2, "op": "create_tap", "tap": "bangertap0",
+                               "bridge": "banger0", "owner_uid": 1000,
+                               "mac": "02:00:00:00:00:01", "ip": "172.16.0.2",
+                               "egress": "none"})
         );
         let back: RootRequest = decode_frame(&encode_frame(&req).expect("encode")).expect("decode");
         assert_eq!(back, req);

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use banger_net::{RealHostNet, RootService};
+use banger_net::{NetPolicy, RealHostNet, RootService, policy};
 use banger_proto::root::{
     DEFAULT_ROOT_SOCKET, ROOT_MAX_FRAME, ROOT_PROTOCOL_VERSION, RootError, RootErrorKind,
     RootRequest, RootResponse, decode_frame, encode_frame,
@@ -47,6 +47,23 @@ struct Args {
     /// taps are created owned by it.
     #[arg(long)]
     owner_uid: u32,
+    /// The one bridge this installation uses. The network is the helper's
+    /// decision: requests naming another bridge or subnet are refused.
+    #[arg(long, default_value = policy::DEFAULT_BRIDGE)]
+    bridge: String,
+    /// The VM subnet (a private /16../29); the bridge holds its `.1`.
+    #[arg(long, default_value = policy::DEFAULT_SUBNET)]
+    subnet: String,
+    /// Port of banger's DNS server on the gateway, the one host service
+    /// guests may reach.
+    #[arg(long, default_value_t = policy::DEFAULT_DNS_PORT)]
+    dns_port: u16,
+    /// Keep VMs from reaching each other (`[network] isolate_vms`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    isolate_vms: bool,
+    /// Keep VMs from the private ranges of the host's LAN (`[network] block_lan`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    block_lan: bool,
 }
 
 /// The capability the helper keeps. CAP_NET_ADMIN covers netlink link and
@@ -86,13 +103,29 @@ fn run(args: Args) -> Result<()> {
             "--owner-uid 0: the owner daemon runs as root, so the privilege split gives no protection; use a normal user's uid where you can"
         );
     }
+    let policy = NetPolicy::new(
+        &args.bridge,
+        &args.subnet,
+        args.dns_port,
+        args.isolate_vms,
+        args.block_lan,
+    )
+    .context("refusing to start with this network configuration")?;
     let listener = bind(&args.socket, args.owner_uid)?;
     drop_capabilities()?;
     let host = RealHostNet::new().context("setting up host networking")?;
-    let service = Arc::new(Mutex::new(RootService::new(host, args.owner_uid)));
+    let service = Arc::new(Mutex::new(RootService::new(
+        host,
+        args.owner_uid,
+        policy.clone(),
+    )));
     info!(
         socket = %args.socket.display(),
         owner_uid = args.owner_uid,
+        bridge = %policy.bridge,
+        subnet = %policy.subnet,
+        isolate_vms = policy.isolate_vms,
+        block_lan = policy.block_lan,
         protocol = ROOT_PROTOCOL_VERSION,
         "bangerd-root ready"
     );
