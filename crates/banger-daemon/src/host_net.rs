@@ -8,7 +8,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 
-use banger_proto::root::RootOp;
+use banger_proto::EgressPolicy;
+use banger_proto::root::{Egress, RootOp};
 
 use crate::DaemonError;
 
@@ -25,8 +26,12 @@ pub struct TapWiring {
     pub tap: String,
     /// The uid the tap belongs to (the VMM opens it as that user).
     pub owner_uid: u32,
-    /// Whether the VM may reach beyond the host.
-    pub egress: bool,
+    /// The guest's MAC and leased address: the helper binds the tap to
+    /// them, so the guest can send from no other.
+    pub mac: String,
+    pub ip: String,
+    /// Where the VM may reach beyond the host.
+    pub egress: EgressPolicy,
 }
 
 /// The host side of VM networking.
@@ -35,7 +40,7 @@ pub trait HostNetwork: Send + Sync {
     fn attaches(&self) -> bool;
     /// The shared bridge and its gateway address exist.
     fn ensure_bridge<'a>(&'a self, bridge: &'a str, subnet: &'a str) -> NetFuture<'a>;
-    /// Bridge, NAT, the VM's tap, its egress rule.
+    /// Bridge, NAT, the VM's tap bound to its MAC, address and egress policy.
     fn setup<'a>(&'a self, wiring: &'a TapWiring) -> NetFuture<'a>;
     /// Removes the VM's tap (and its egress rule).
     fn teardown<'a>(&'a self, vm: &'a str, tap: &'a str) -> NetFuture<'a>;
@@ -97,14 +102,13 @@ impl HostNetwork for RootNetwork {
                     tap: w.tap.clone(),
                     bridge: w.bridge.clone(),
                     owner_uid: w.owner_uid,
-                },
-            )
-            .await?;
-            self.call(
-                &what,
-                RootOp::SetEgress {
-                    tap: w.tap.clone(),
-                    allowed: w.egress,
+                    mac: w.mac.clone(),
+                    ip: w.ip.clone(),
+                    egress: match w.egress {
+                        EgressPolicy::All => Egress::All,
+                        EgressPolicy::None => Egress::None,
+                        EgressPolicy::Allow { .. } => Egress::Allowlist,
+                    },
                 },
             )
             .await?;

@@ -218,8 +218,17 @@ mod tests {
         assert_ne!(m, vm_mac("sandbox2"));
         assert_eq!(m.to_string().parse::<Mac>(), Ok(m));
         assert!(m.is_guest_unicast());
-        assert_eq!("02:AB:00:00:00:01".parse::<Mac>(), Ok(Mac([2, 0xab, 0, 0, 0, 1])));
-        for bad in ["", "02:00:00:00:00", "02:00:00:00:00:01:02", "2:00:00:00:00:01", "zz:00:00:00:00:01"] {
+        assert_eq!(
+            "02:AB:00:00:00:01".parse::<Mac>(),
+            Ok(Mac([2, 0xab, 0, 0, 0, 1]))
+        );
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:01:02",
+            "2:00:00:00:00:01",
+            "zz:00:00:00:00:01",
+        ] {
             assert!(bad.parse::<Mac>().is_err(), "{bad}");
         }
         assert!(!Mac([1, 0, 0, 0, 0, 1]).is_guest_unicast());

@@ -150,7 +150,13 @@ fn bridge_cmds(policy: &NetPolicy) -> Vec<Value> {
             &[],
         ),
     ];
-    c.extend(base_chain("bridge", "prerouting", "filter", "prerouting", -200));
+    c.extend(base_chain(
+        "bridge",
+        "prerouting",
+        "filter",
+        "prerouting",
+        -200,
+    ));
     c.extend(base_chain("bridge", "forward", "filter", "forward", 0));
     c.extend([
         json!({"add": {"chain": {"family": "bridge", "table": TABLE, "name": "guest"}}}),
@@ -298,12 +304,22 @@ fn ip_cmds(policy: &NetPolicy, uplink: Option<&str>) -> Vec<Value> {
     c.push(rule(
         "ip",
         "forward",
-        vec![from_br(), eq(saddr(), set_ref(NO_EGRESS_SET)), counter(), drop()],
+        vec![
+            from_br(),
+            eq(saddr(), set_ref(NO_EGRESS_SET)),
+            counter(),
+            drop(),
+        ],
     ));
     c.push(rule(
         "ip",
         "forward",
-        vec![from_br(), eq(daddr(), set_ref(BLOCKED_SET)), counter(), drop()],
+        vec![
+            from_br(),
+            eq(daddr(), set_ref(BLOCKED_SET)),
+            counter(),
+            drop(),
+        ],
     ));
     // A connection made while an address was granted outlives the grant.
     c.push(rule(

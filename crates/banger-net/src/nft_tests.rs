@@ -67,7 +67,10 @@ fn every_guest_frame_that_is_not_ipv4_or_checked_arp_is_dropped() {
         "{non_ip}"
     );
     let ident = guest[2].to_string();
-    assert!(ident.contains("@ports") && ident.contains("\"drop\""), "{ident}");
+    assert!(
+        ident.contains("@ports") && ident.contains("\"drop\""),
+        "{ident}"
+    );
 }
 
 #[test]
@@ -85,8 +88,19 @@ fn isolation_and_lan_blocking_follow_the_policy() {
             .expect("array")
             .iter()
             .filter(|c| c["add"]["element"]["name"] == BLOCKED_SET)
-            .flat_map(|c| c["add"]["element"]["elem"].as_array().cloned().unwrap_or_default())
-            .map(|e| format!("{}/{}", e["prefix"]["addr"].as_str().unwrap_or(""), e["prefix"]["len"]))
+            .flat_map(|c| {
+                c["add"]["element"]["elem"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .map(|e| {
+                format!(
+                    "{}/{}",
+                    e["prefix"]["addr"].as_str().unwrap_or(""),
+                    e["prefix"]["len"]
+                )
+            })
             .collect()
     };
     assert!(ranges(&on).contains(&"169.254.0.0/16".to_string()));

@@ -205,8 +205,11 @@ mod tests {
         assert_eq!(last["add"]["element"]["name"], NO_EGRESS_SET, "{text}");
         let all = register_batch(&new, Egress::All, &[], &[]);
         assert_eq!(
-            all["nftables"].as_array().expect("array").last().expect("x")["add"]["element"]
-                ["name"],
+            all["nftables"]
+                .as_array()
+                .expect("array")
+                .last()
+                .expect("x")["add"]["element"]["name"],
             PORTS_SET
         );
     }

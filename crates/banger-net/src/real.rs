@@ -204,6 +204,17 @@ fn create_persistent_tap(name: &str, owner_uid: u32) -> Result<(), HostError> {
     Ok(())
 }
 
+/// Run an `nft -j list …` query and parse its JSON.
+fn nft_list(args: &[&str]) -> Result<Value, HostError> {
+    let nft = find_program(NFT_PATHS, "nft", "nftables")?;
+    let out = run(nft, args, None)?;
+    serde_json::from_str(&out).map_err(|e| HostError::Command {
+        program: format!("nft {}", args.join(" ")),
+        status: "unparseable output".into(),
+        stderr: e.to_string(),
+    })
+}
+
 impl HostNet for RealHostNet {
     fn routes(&mut self) -> Result<Vec<Route>, HostError> {
         self.with_handle(async |h| {
@@ -330,13 +341,7 @@ impl HostNet for RealHostNet {
     }
 
     fn nft_tables(&mut self) -> Result<Vec<(String, String)>, HostError> {
-        let nft = find_program(NFT_PATHS, "nft", "nftables")?;
-        let out = run(nft, &["-j", "list", "tables"], None)?;
-        let v: Value = serde_json::from_str(&out).map_err(|e| HostError::Command {
-            program: "nft -j list tables".into(),
-            status: "unparseable output".into(),
-            stderr: e.to_string(),
-        })?;
+        let v = nft_list(&["-j", "list", "tables"])?;
         Ok(v["nftables"]
             .as_array()
             .into_iter()
@@ -352,20 +357,14 @@ impl HostNet for RealHostNet {
     }
 
     fn nft_set_elements(&mut self, family: &str, set: &str) -> Result<Vec<Value>, HostError> {
-        let nft = find_program(NFT_PATHS, "nft", "nftables")?;
-        let out = match run(nft, &["-j", "list", "set", family, TABLE, set], None) {
-            Ok(out) => out,
+        let v = match nft_list(&["-j", "list", "set", family, TABLE, set]) {
+            Ok(v) => v,
             // No table or set yet: nothing registered.
             Err(HostError::Command { stderr, .. }) if stderr.contains("No such file") => {
                 return Ok(Vec::new());
             }
             Err(e) => return Err(e),
         };
-        let v: Value = serde_json::from_str(&out).map_err(|e| HostError::Command {
-            program: format!("nft -j list set {family} {TABLE} {set}"),
-            status: "unparseable output".into(),
-            stderr: e.to_string(),
-        })?;
         Ok(v["nftables"]
             .as_array()
             .into_iter()

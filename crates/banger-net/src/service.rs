@@ -296,10 +296,12 @@ impl<H: HostNet> RootService<H> {
         let guest = self.vm_ip(ip)?;
         let mut parsed = Vec::with_capacity(grants.len());
         for g in grants {
-            let a: Ipv4Addr = g
-                .addr
-                .parse()
-                .map_err(|_| bad(format!("granted address {:?} is not an IPv4 address", g.addr)))?;
+            let a: Ipv4Addr = g.addr.parse().map_err(|_| {
+                bad(format!(
+                    "granted address {:?} is not an IPv4 address",
+                    g.addr
+                ))
+            })?;
             if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
                 return Err(bad(format!("granted address {a} is not a unicast address")));
             }
@@ -310,8 +312,14 @@ impl<H: HostNet> RootService<H> {
                 "banger's nftables tables are not installed; send ensure_nat first",
             ));
         }
-        let listed = self.host.nft_set_elements("ip", nft::LISTED_SET).map_err(failed)?;
-        if !listed.iter().any(|e| e.as_str() == Some(&guest.to_string())) {
+        let listed = self
+            .host
+            .nft_set_elements("ip", nft::LISTED_SET)
+            .map_err(failed)?;
+        if !listed
+            .iter()
+            .any(|e| e.as_str() == Some(&guest.to_string()))
+        {
             return Err(conflict(format!(
                 "the VM at {guest} has no allowlist egress policy; create its tap with egress                  \"allowlist\" first"
             )));
@@ -335,7 +343,10 @@ impl<H: HostNet> RootService<H> {
             .host
             .nft_set_elements("bridge", nft::PORTS_SET)
             .map_err(failed)?;
-        Ok(ports::parse_ports(&elems).into_iter().filter(pick).collect())
+        Ok(ports::parse_ports(&elems)
+            .into_iter()
+            .filter(pick)
+            .collect())
     }
 
     /// Allowlist grants held by any of these ports' addresses.

@@ -14,7 +14,10 @@ fn svc() -> RootService<FakeHostNet> {
 /// A service whose nft tables exist.
 fn installed() -> RootService<FakeHostNet> {
     let mut s = svc();
-    s.host.tables = vec![("bridge".into(), "banger".into()), ("ip".into(), "banger".into())];
+    s.host.tables = vec![
+        ("bridge".into(), "banger".into()),
+        ("ip".into(), "banger".into()),
+    ];
     s
 }
 
@@ -74,7 +77,10 @@ fn overlapping_subnet_is_refused_naming_the_route() {
         "{}",
         err.message
     );
-    assert!(s.host().mutations().is_empty(), "nothing may change on a conflict");
+    assert!(
+        s.host().mutations().is_empty(),
+        "nothing may change on a conflict"
+    );
 }
 
 #[test]
@@ -198,7 +204,12 @@ fn foreign_interface_names_and_bad_arguments_are_refused_before_any_change() {
 #[test]
 fn create_tap_binds_then_creates_and_cleans_up_on_failure() {
     let mut s = installed();
-    let op = tap_op("bangertap0a1b2c", "02:00:00:00:00:02", "172.16.0.2", Egress::None);
+    let op = tap_op(
+        "bangertap0a1b2c",
+        "02:00:00:00:00:02",
+        "172.16.0.2",
+        Egress::None,
+    );
     assert_eq!(s.handle(&op), Ok(RootReply::Done));
     let m = s.host().mutations();
     let HostCall::NftApply { batch } = m[0] else {
@@ -239,7 +250,12 @@ fn create_tap_binds_then_creates_and_cleans_up_on_failure() {
 fn create_tap_needs_the_filters_installed() {
     let mut s = svc();
     let err = s
-        .handle(&tap_op("bangertap000001", "02:00:00:00:00:02", "172.16.0.2", Egress::All))
+        .handle(&tap_op(
+            "bangertap000001",
+            "02:00:00:00:00:02",
+            "172.16.0.2",
+            Egress::All,
+        ))
         .expect_err("no tables");
     assert_eq!(err.kind, RootErrorKind::Conflict);
     assert!(s.host().mutations().is_empty());
@@ -250,12 +266,26 @@ fn a_live_siblings_address_or_mac_cannot_be_taken_but_a_stale_one_is_replaced() 
     let mut s = installed();
     s.host.sets.insert(
         nft::PORTS_SET.into(),
-        vec![port_elem("bangertap000009", "02:00:00:00:00:09", "172.16.0.9")],
+        vec![port_elem(
+            "bangertap000009",
+            "02:00:00:00:00:09",
+            "172.16.0.9",
+        )],
     );
     s.host.links = vec!["bangertap000009".into()];
     for op in [
-        tap_op("bangertap000001", "02:00:00:00:00:01", "172.16.0.9", Egress::All),
-        tap_op("bangertap000001", "02:00:00:00:00:09", "172.16.0.2", Egress::All),
+        tap_op(
+            "bangertap000001",
+            "02:00:00:00:00:01",
+            "172.16.0.9",
+            Egress::All,
+        ),
+        tap_op(
+            "bangertap000001",
+            "02:00:00:00:00:09",
+            "172.16.0.2",
+            Egress::All,
+        ),
     ] {
         let err = s.handle(&op).expect_err("taken");
         assert_eq!(err.kind, RootErrorKind::Conflict, "{err}");
@@ -263,10 +293,18 @@ fn a_live_siblings_address_or_mac_cannot_be_taken_but_a_stale_one_is_replaced() 
     }
     assert!(s.host().mutations().is_empty());
     s.host.links.clear();
-    s.handle(&tap_op("bangertap000001", "02:00:00:00:00:01", "172.16.0.9", Egress::All))
-        .expect("stale binding replaced");
+    s.handle(&tap_op(
+        "bangertap000001",
+        "02:00:00:00:00:01",
+        "172.16.0.9",
+        Egress::All,
+    ))
+    .expect("stale binding replaced");
     let b = s.host().batches()[0].to_string();
-    assert!(b.contains("\"delete\"") && b.contains("bangertap000009"), "{b}");
+    assert!(
+        b.contains("\"delete\"") && b.contains("bangertap000009"),
+        "{b}"
+    );
 }
 
 #[test]
@@ -274,7 +312,11 @@ fn delete_tap_forgets_identity_policy_and_grants() {
     let mut s = installed();
     s.host.sets.insert(
         nft::PORTS_SET.into(),
-        vec![port_elem("bangertap000002", "02:00:00:00:00:02", "172.16.0.2")],
+        vec![port_elem(
+            "bangertap000002",
+            "02:00:00:00:00:02",
+            "172.16.0.2",
+        )],
     );
     s.host.sets.insert(
         nft::ALLOWED_SET.into(),

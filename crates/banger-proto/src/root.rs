@@ -95,7 +95,10 @@ pub enum RootOp {
     /// reach each granted address until its TTL runs out. Sent by the owner
     /// daemon when its DNS server answers that VM a query for an allowed
     /// name.
-    AllowEgress { ip: String, grants: Vec<EgressGrant> },
+    AllowEgress {
+        ip: String,
+        grants: Vec<EgressGrant>,
+    },
     /// Route `.vm` queries to `dns_addr` (an IPv4 address, optionally
     /// `:port`) through systemd-resolved's per-link settings on the bridge.
     WireResolved { bridge: String, dns_addr: String },

@@ -110,6 +110,12 @@ pub enum SystemError {
     #[error("stopped before the daemons were ready: {0}")]
     Interrupted(String),
 
+    #[error(
+        "cannot use the owner's config {} for the root helper's network settings: {why}",
+        path.display()
+    )]
+    OwnerConfig { path: PathBuf, why: String },
+
     #[error("cannot install signal handlers for the foreground run: {0}")]
     Signals(#[source] std::io::Error),
 }

@@ -372,6 +372,9 @@ impl Foreground {
                 .arg(&p.root_socket)
                 .arg("--owner-uid")
                 .arg(owner.uid.to_string())
+                .args(crate::helper_net::helper_net_args(
+                    &crate::helper_net::owner_config(&owner)?,
+                ))
                 // The unit's Group=: /run/banger-root is searchable by the
                 // owner's group only.
                 .gid(owner.gid);

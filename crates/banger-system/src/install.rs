@@ -121,7 +121,9 @@ pub fn install(
     // Find every input before changing anything, so a missing binary leaves
     // the host as it was.
     let binaries = source_binaries(opts)?;
-    let params = UnitParams::standard(owner.clone(), opts.kvm_group.clone(), &opts.version);
+    let mut params = UnitParams::standard(owner.clone(), opts.kvm_group.clone(), &opts.version);
+    params.helper_args =
+        crate::helper_net::helper_net_args(&crate::helper_net::owner_config(&owner)?);
     let daemon_unit = render_daemon_unit(&params)?;
     let root_unit = render_root_unit(&params)?;
 

@@ -11,6 +11,7 @@
 mod error;
 mod foreground;
 mod fsutil;
+mod helper_net;
 mod install;
 mod layout;
 mod metadata;
@@ -22,6 +23,7 @@ pub use error::{Result, SystemError};
 pub use foreground::{
     ChildOutcome, Foreground, RunOptions, RunOutcome, StopFlag, StopReason, run_foreground,
 };
+pub use helper_net::{helper_net_args, owner_config};
 pub use install::{
     BINARY_MODE, DIR_MODE, InstallOptions, InstallReport, ServiceStatus, SystemStatus, UNIT_MODE,
     UninstallOptions, UninstallReport, install, restart, status, uninstall,

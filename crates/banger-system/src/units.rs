@@ -24,6 +24,9 @@ pub struct UnitParams {
     pub kvm_group: Option<String>,
     /// banger version, recorded in the header comment.
     pub version: String,
+    /// The helper's network arguments (`--bridge …`), from the owner's
+    /// config at install time.
+    pub helper_args: Vec<String>,
 }
 
 impl UnitParams {
@@ -35,6 +38,7 @@ impl UnitParams {
             agent_path: format!("{LIB_DIR}/banger-vsock-agent"),
             kvm_group,
             version: version.to_owned(),
+            helper_args: crate::helper_net::helper_net_args(&Default::default()),
         }
     }
 }
@@ -159,6 +163,11 @@ pub fn render_root_unit(p: &UnitParams) -> Result<String> {
     let bin_dir = absolute_path(&p.bin_dir)?;
     let group = unit_value(&p.owner.group)?;
     let uid = p.owner.uid;
+    let mut net = String::new();
+    for a in &p.helper_args {
+        net.push(' ');
+        net.push_str(unit_value(a)?);
+    }
     let mut s = String::new();
     header(&mut s, ROOT_UNIT, &p.version);
     let _ = writeln!(
@@ -170,7 +179,7 @@ Before={DAEMON_UNIT}
 
 [Service]
 Type=exec
-ExecStart={bin_dir}/bangerd-root --socket {ROOT_SOCKET} --owner-uid {uid}
+ExecStart={bin_dir}/bangerd-root --socket {ROOT_SOCKET} --owner-uid {uid}{net}
 # Root, with the owner's primary group: /run/banger-root is root:{group} 0750,
 # the helper hands its socket to uid {uid} with mode 0600 and then admits
 # only that uid (and root) by SO_PEERCRED.

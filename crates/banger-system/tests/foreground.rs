@@ -191,7 +191,18 @@ fn as_root_starts_both_like_the_units_and_forwards_the_stop_signal() {
             "--socket",
             p.root_socket.to_str().expect("utf-8"),
             "--owner-uid",
-            nobody.uid.to_string()
+            nobody.uid.to_string(),
+            // The network, from the owner's (here absent) config.
+            "--bridge",
+            "banger0",
+            "--subnet",
+            "172.16.0.0/24",
+            "--dns-port",
+            "53",
+            "--isolate-vms",
+            "true",
+            "--block-lan",
+            "true"
         ])
     );
 

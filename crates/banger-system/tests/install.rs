@@ -162,7 +162,11 @@ fn fresh_install_writes_binaries_units_and_metadata_then_enables_both() {
     assert!(
         fs::read_to_string(&root_unit)
             .expect("unit")
-            .contains(&format!("--owner-uid {}\n", owner.uid))
+            .contains(&format!(
+                "--owner-uid {} --bridge banger0 --subnet 172.16.0.0/24 --dns-port 53 \
+                 --isolate-vms true --block-lan true\n",
+                owner.uid
+            ))
     );
     assert_eq!(mode(&daemon_unit), 0o644);
     assert_eq!(mode(&root_unit), 0o644);

@@ -22,6 +22,9 @@ const GW: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 1);
 const OUT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const HOST_UPLINK: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
+/// VLAN tags `(tpid, vid)`, outermost first.
+type Tags = &'static [(u16, u16)];
+
 struct Guest {
     tap: Tap,
     mac: [u8; 6],
@@ -32,7 +35,8 @@ struct Guest {
 /// B: no egress), an outside namespace behind the host's uplink.
 struct World {
     r: Netns,
-    o: Netns,
+    /// The outside namespace, kept until the end of the test.
+    _o: Netns,
     dir: tempfile::TempDir,
     helper: Option<Helper>,
     bridge_mac: [u8; 6],
@@ -48,7 +52,9 @@ impl World {
         let o = Netns::new(&format!("{sfx}o"));
         r.ip(&["link", "set", "lo", "up"]);
         o.ip(&["link", "set", "lo", "up"]);
-        r.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p", "netns", &o.0]);
+        r.ip(&[
+            "link", "add", "up0", "type", "veth", "peer", "name", "up0p", "netns", &o.0,
+        ]);
         r.ip(&["addr", "add", "198.18.0.1/24", "dev", "up0"]);
         r.ip(&["link", "set", "up0", "up"]);
         o.ip(&["addr", "add", "198.18.0.2/24", "dev", "up0p"]);
@@ -68,21 +74,44 @@ impl World {
         en["op"] = json!("ensure_nat");
         helper.ok(en);
         helper.ok(json!({"op": "enable_forwarding"}));
-        let mut guest = |tap: &str, last: u8, egress: &str| {
+        let guest = |tap: &str, last: u8, egress: &str| {
             let mac = [2, 0, 0, 0, 0, last];
             let ip = Ipv4Addr::new(172, 16, 0, last);
             helper.ok(json!({"op": "create_tap", "tap": tap, "bridge": "banger0",
                 "owner_uid": OWNER, "mac": mac_str(mac), "ip": ip.to_string(), "egress": egress}));
             // What the host would learn from the guest's first ARP; set
             // here so replies do not wait on a guest that answers no ARP.
-            r.ip(&["neigh", "replace", &ip.to_string(), "lladdr", &mac_str(mac), "dev", "banger0", "nud", "permanent"]);
-            Guest { tap: Tap::open(&r.0, tap), mac, ip }
+            r.ip(&[
+                "neigh",
+                "replace",
+                &ip.to_string(),
+                "lladdr",
+                &mac_str(mac),
+                "dev",
+                "banger0",
+                "nud",
+                "permanent",
+            ]);
+            Guest {
+                tap: Tap::open(&r.0, tap),
+                mac,
+                ip,
+            }
         };
         let a = guest("bangertap00000a", 2, "all");
         let b = guest("bangertap00000b", 3, "none");
         let bridge_mac = r.mac_of("banger0");
         let outside = Listener::bind(&o.0, "0.0.0.0:9999");
-        World { r, o, dir, helper: Some(helper), bridge_mac, a, b, outside }
+        World {
+            r,
+            _o: o,
+            dir,
+            helper: Some(helper),
+            bridge_mac,
+            a,
+            b,
+            outside,
+        }
     }
 
     fn helper(&self) -> &Helper {
@@ -100,12 +129,23 @@ impl World {
 }
 
 fn mac_str(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// A UDP datagram from `g` (as `src_mac`/`src_ip`) through the gateway,
 /// inside `tags`.
-fn udp(g: &mut Guest, to_mac: [u8; 6], tags: &[(u16, u16)], src: ([u8; 6], Ipv4Addr), dst: Ipv4Addr, dport: u16, tag: &[u8]) {
+fn udp(
+    g: &mut Guest,
+    to_mac: [u8; 6],
+    tags: &[(u16, u16)],
+    src: ([u8; 6], Ipv4Addr),
+    dst: Ipv4Addr,
+    dport: u16,
+    tag: &[u8],
+) {
     let pkt = frames::ipv4_udp(src.1, dst, 5000, dport, tag);
     g.tap.send(&frames::eth(to_mac, src.0, tags, ETH_IP, &pkt));
 }
@@ -138,12 +178,18 @@ fn no_egress_cannot_be_bypassed_with_vlan_tags() {
     }
     let mut w = World::new("vl", &[]);
     send_as_self(&mut w, 'a', OUT, 9999, b"a-plain");
-    assert!(w.outside.saw(b"a-plain", WAIT), "control: a guest with egress reaches the outside");
+    assert!(
+        w.outside.saw(b"a-plain", WAIT),
+        "control: a guest with egress reaches the outside"
+    );
     send_as_self(&mut w, 'b', OUT, 9999, b"b-plain");
-    assert!(!w.outside.saw(b"b-plain", WAIT), "a no-egress guest must not reach the outside");
+    assert!(
+        !w.outside.saw(b"b-plain", WAIT),
+        "a no-egress guest must not reach the outside"
+    );
 
     let before = counter_sum(&w.r, "bridge", "guest");
-    let attacks: [(&[u8], &[(u16, u16)]); 4] = [
+    let attacks: [(&[u8], Tags); 4] = [
         (b"b-vlan0", &[(ETH_8021Q, 0)]),
         (b"b-vlan7", &[(ETH_8021Q, 7)]),
         (b"b-qinq", &[(ETH_8021AD, 0), (ETH_8021Q, 0)]),
@@ -162,20 +208,232 @@ fn no_egress_cannot_be_bypassed_with_vlan_tags() {
     // Tagged frames are dropped from every guest, not only no-egress ones.
     let me = (w.a.mac, w.a.ip);
     udp(&mut w.a, gw, &[(ETH_8021Q, 0)], me, OUT, 9999, b"a-vlan0");
-    assert!(!w.outside.saw(b"a-vlan0", WAIT), "VLAN-0 frame from an egress guest");
+    assert!(
+        !w.outside.saw(b"a-vlan0", WAIT),
+        "VLAN-0 frame from an egress guest"
+    );
     // IPv6 and unknown ethertypes do not pass either.
-    w.b.tap.send(&frames::eth(gw, w.b.mac, &[], 0x86dd, &[0x60; 40]));
-    w.b.tap.send(&frames::eth(gw, w.b.mac, &[], 0x88b5, b"local experimental"));
+    w.b.tap
+        .send(&frames::eth(gw, w.b.mac, &[], 0x86dd, &[0x60; 40]));
+    w.b.tap.send(&frames::eth(
+        gw,
+        w.b.mac,
+        &[],
+        0x88b5,
+        b"local experimental",
+    ));
     let dropped = counter_sum(&w.r, "bridge", "guest") - before;
-    assert!(dropped >= 7, "the non-IPv4 drop counted {dropped} of 7 frames");
+    assert!(
+        dropped >= 7,
+        "the non-IPv4 drop counted {dropped} of 7 frames"
+    );
 
     // The hole is real: without banger's rules the same VLAN-0 frame from
     // the same guest is stripped and routed out by the host.
     w.helper().ok(json!({"op": "remove_nat"}));
     let me = (w.b.mac, w.b.ip);
-    udp(&mut w.b, gw, &[(ETH_8021Q, 0)], me, OUT, 9999, b"b-vlan0-unfiltered");
+    udp(
+        &mut w.b,
+        gw,
+        &[(ETH_8021Q, 0)],
+        me,
+        OUT,
+        9999,
+        b"b-vlan0-unfiltered",
+    );
     assert!(
         w.outside.saw(b"b-vlan0-unfiltered", Duration::from_secs(2)),
         "control: on this kernel an unfiltered VLAN-0 frame is routed out, so the test above can fail"
+    );
+}
+
+#[test]
+fn guests_cannot_spoof_addresses_or_arp_or_reach_siblings() {
+    if !can_run() {
+        return;
+    }
+    let mut w = World::new("sp", &["--isolate-vms", "false"]);
+    let gw = w.bridge_mac;
+    let (a_mac, a_ip, b_mac, b_ip) = (w.a.mac, w.a.ip, w.b.mac, w.b.ip);
+    send_as_self(&mut w, 'a', OUT, 9999, b"a-own");
+    assert!(
+        w.outside.saw(b"a-own", WAIT),
+        "control: A as itself gets out"
+    );
+    udp(
+        &mut w.a,
+        gw,
+        &[],
+        (a_mac, Ipv4Addr::new(172, 16, 0, 9)),
+        OUT,
+        9999,
+        b"a-as-.9",
+    );
+    assert!(!w.outside.saw(b"a-as-.9", WAIT), "a forged source address");
+    udp(&mut w.a, gw, &[], (b_mac, b_ip), OUT, 9999, b"a-as-b");
+    assert!(
+        !w.outside.saw(b"a-as-b", WAIT),
+        "a sibling's MAC and address"
+    );
+    udp(
+        &mut w.a,
+        gw,
+        &[],
+        ([2, 0, 0, 0, 0, 0x55], a_ip),
+        OUT,
+        9999,
+        b"a-new-mac",
+    );
+    assert!(!w.outside.saw(b"a-new-mac", WAIT), "a forged source MAC");
+
+    // Isolation off: A's genuine ARP and datagrams reach B (so B's tap
+    // would see the forged ones too if they passed).
+    let genuine_arp = frames::eth(
+        frames::BROADCAST,
+        a_mac,
+        &[],
+        ETH_ARP,
+        &frames::arp(1, a_mac, a_ip, [0; 6], b_ip),
+    );
+    let _ = w.b.tap.received(Duration::from_millis(100));
+    w.a.tap.send(&genuine_arp);
+    let got = w.b.tap.received(WAIT);
+    assert!(
+        got.iter().any(|f| frames::is_arp_from(f, a_mac, a_ip)),
+        "control: B sees A's genuine ARP ({} frames)",
+        got.len()
+    );
+    // Forged ARP: A claims the gateway, then B's address, as a gratuitous
+    // reply and as a request's sender.
+    for (spa, sha) in [(GW, a_mac), (b_ip, a_mac), (a_ip, gw)] {
+        for op in [1u16, 2] {
+            let body = frames::arp(op, sha, spa, [0; 6], spa);
+            w.a.tap
+                .send(&frames::eth(frames::BROADCAST, a_mac, &[], ETH_ARP, &body));
+        }
+        let got = w.b.tap.received(WAIT);
+        assert!(
+            !got.iter().any(|f| frames::is_arp_from(f, sha, spa)),
+            "an ARP claiming {spa} is at {} reached a sibling",
+            mac_str(sha)
+        );
+    }
+    udp(&mut w.a, b_mac, &[], (a_mac, a_ip), b_ip, 7000, b"a-to-b");
+    assert!(
+        w.b.tap
+            .received(WAIT)
+            .iter()
+            .any(|f| frames::is_udp_with(f, 7000, b"a-to-b")),
+        "control: with isolate_vms = false, A reaches B"
+    );
+
+    // Isolation on (the default): neither bridged nor routed through the
+    // host does anything of A's reach B.
+    w.restart_helper(&[]);
+    let _ = w.b.tap.received(Duration::from_millis(100));
+    w.a.tap.send(&genuine_arp);
+    udp(
+        &mut w.a,
+        b_mac,
+        &[],
+        (a_mac, a_ip),
+        b_ip,
+        7000,
+        b"a-to-b-bridged",
+    );
+    udp(
+        &mut w.a,
+        gw,
+        &[],
+        (a_mac, a_ip),
+        b_ip,
+        7000,
+        b"a-to-b-routed",
+    );
+    let got = w.b.tap.received(Duration::from_secs(1));
+    assert!(
+        !got.iter().any(|f| frames::is_arp_from(f, a_mac, a_ip)
+            || frames::is_udp_with(f, 7000, b"a-to-b-bridged")
+            || frames::is_udp_with(f, 7000, b"a-to-b-routed")),
+        "isolated: B got {} frames from A",
+        got.len()
+    );
+}
+
+#[test]
+fn guests_reach_neither_metadata_nor_the_host_nor_its_lan() {
+    if !can_run() {
+        return;
+    }
+    let mut w = World::new("md", &[]);
+    let host = Listener::bind(&w.r.0, "0.0.0.0:7777");
+    let dns = Listener::bind(&w.r.0, "172.16.0.1:53");
+    send_as_self(&mut w, 'a', OUT, 9999, b"out");
+    assert!(
+        w.outside.saw(b"out", WAIT),
+        "control: the outside is reachable"
+    );
+    for (dst, tag) in [
+        (Ipv4Addr::new(169, 254, 169, 254), &b"metadata"[..]),
+        (Ipv4Addr::new(10, 1, 2, 3), b"lan-10"),
+        (Ipv4Addr::new(192, 168, 7, 7), b"lan-192"),
+    ] {
+        send_as_self(&mut w, 'a', dst, 9999, tag);
+        assert!(!w.outside.saw(tag, WAIT), "{dst} reached");
+    }
+    send_as_self(&mut w, 'a', HOST_UPLINK, 7777, b"host-uplink");
+    send_as_self(&mut w, 'a', GW, 7777, b"host-gw");
+    assert!(
+        host.got(WAIT).is_empty(),
+        "a host service other than DNS was reached"
+    );
+    send_as_self(&mut w, 'a', GW, 53, b"dns-a");
+    send_as_self(&mut w, 'b', GW, 53, b"dns-b");
+    let got: Vec<Vec<u8>> = dns.got(WAIT).into_iter().map(|(p, _)| p).collect();
+    assert!(
+        got.contains(&b"dns-a".to_vec()) && got.contains(&b"dns-b".to_vec()),
+        "banger's DNS on the gateway serves every guest, no-egress ones too: {got:?}"
+    );
+
+    // New connections from outside into the bridge are dropped; replies to
+    // what the guest started come back.
+    let _ = w.a.tap.received(Duration::from_millis(100));
+    w.outside
+        .send_to(b"inbound", "172.16.0.2:5000".parse().expect("addr"));
+    send_as_self(&mut w, 'a', OUT, 9999, b"ask");
+    let (_, from) = w
+        .outside
+        .got(WAIT)
+        .into_iter()
+        .find(|(p, _)| p == b"ask")
+        .expect("the guest's datagram arrives");
+    w.outside.send_to(b"reply", from);
+    let got = w.a.tap.received(WAIT);
+    assert!(
+        got.iter().any(|f| frames::is_udp_with(f, 5000, b"reply")),
+        "control: the reply to the guest's own datagram comes back"
+    );
+    assert!(
+        !got.iter().any(|f| frames::is_udp_with(f, 5000, b"inbound")),
+        "an unsolicited datagram from outside reached the guest"
+    );
+
+    // block_lan = false opens the LAN ranges, never metadata.
+    w.restart_helper(&["--block-lan", "false"]);
+    send_as_self(&mut w, 'a', Ipv4Addr::new(10, 1, 2, 3), 9999, b"lan-open");
+    assert!(
+        w.outside.saw(b"lan-open", WAIT),
+        "block_lan = false lets the LAN through"
+    );
+    send_as_self(
+        &mut w,
+        'a',
+        Ipv4Addr::new(169, 254, 169, 254),
+        9999,
+        b"metadata-2",
+    );
+    assert!(
+        !w.outside.saw(b"metadata-2", WAIT),
+        "metadata stays blocked"
     );
 }

@@ -4,7 +4,7 @@
 use banger_store::VmRecord;
 use banger_vmm::NetSpec;
 
-use super::{extra_of, ipv4};
+use super::{egress_of, extra_of, ipv4};
 use crate::host_net::TapWiring;
 use crate::{Daemon, DaemonError};
 
@@ -17,6 +17,12 @@ impl Daemon {
         if !self.network.attaches() {
             return Ok(None);
         }
+        let ip = ipv4(rec).ok_or_else(|| {
+            DaemonError::internal(format!(
+                "{} has no leased address to bind its tap to",
+                rec.name
+            ))
+        })?;
         let wiring = TapWiring {
             vm: rec.name.clone(),
             bridge: self.config.bridge_name().value,
@@ -24,18 +30,15 @@ impl Daemon {
             tap: banger_net::tap_name(&rec.name),
             // SAFETY: geteuid has no preconditions.
             owner_uid: unsafe { libc::geteuid() },
-            egress: !rec.no_egress,
+            mac: rec.mac.clone(),
+            ip: ip.to_string(),
+            egress: egress_of(rec),
         };
         let mac = rec
             .mac
             .parse()
             .map_err(|e: banger_vmm::VmmError| DaemonError::internal(e.to_string()))?;
         self.network.setup(&wiring).await?;
-        if wiring.egress
-            && let Some(ip) = ipv4(rec)
-        {
-            self.dns_clients.allow(ip.into());
-        }
         Ok(Some(NetSpec {
             tap: wiring.tap,
             mac,
@@ -44,9 +47,6 @@ impl Daemon {
 
     /// Removes the VM's tap (the one recorded at its last start).
     pub(crate) async fn teardown_network(&self, rec: &VmRecord) -> Result<(), DaemonError> {
-        if let Some(ip) = ipv4(rec) {
-            self.dns_clients.revoke(ip.into());
-        }
         if !self.network.attaches() {
             return Ok(());
         }

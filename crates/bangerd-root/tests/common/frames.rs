@@ -11,7 +11,13 @@ pub const BROADCAST: [u8; 6] = [0xff; 6];
 
 /// Ethernet header with zero or more VLAN tags (`(tpid, vid)`, outermost
 /// first) around `payload` of type `ethertype`.
-pub fn eth(dst: [u8; 6], src: [u8; 6], tags: &[(u16, u16)], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+pub fn eth(
+    dst: [u8; 6],
+    src: [u8; 6],
+    tags: &[(u16, u16)],
+    ethertype: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut f = Vec::with_capacity(64 + payload.len());
     f.extend_from_slice(&dst);
     f.extend_from_slice(&src);
@@ -43,9 +49,7 @@ fn checksum(data: &[u8]) -> u16 {
 pub fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let udp_len = 8 + payload.len();
     let total = 20 + udp_len;
-    let mut p = vec![
-        0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0,
-    ];
+    let mut p = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0];
     p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
     p.extend_from_slice(&src.octets());
     p.extend_from_slice(&dst.octets());

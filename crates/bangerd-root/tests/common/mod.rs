@@ -124,7 +124,10 @@ impl Helper {
             if let Ok(Some(st)) = h.child.try_wait() {
                 panic!("bangerd-root exited early: {st}: {}", h.log_text());
             }
-            assert!(Instant::now() < deadline, "bangerd-root did not listen within 10s");
+            assert!(
+                Instant::now() < deadline,
+                "bangerd-root did not listen within 10s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         h

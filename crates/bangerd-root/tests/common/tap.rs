@@ -56,7 +56,11 @@ impl Tap {
             req.name[..name.len()].copy_from_slice(name.as_bytes());
             // SAFETY: a valid tun fd and an ifreq-sized struct.
             let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
-            assert!(rc >= 0, "TUNSETIFF {name}: {}", std::io::Error::last_os_error());
+            assert!(
+                rc >= 0,
+                "TUNSETIFF {name}: {}",
+                std::io::Error::last_os_error()
+            );
             // SAFETY: F_SETFL on our own fd.
             unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
             Tap { file }
