@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use banger_proto::{Provenance, Sourced, VmSpec};
+use banger_proto::{EgressPolicy, Provenance, Sourced, VmSpec};
 use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 
@@ -245,6 +245,17 @@ pub fn validate_ifname(name: &str) -> Result<(), String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct BridgeName(String);
 
+/// `egress = "all" | "none" | "allow:NAME,…"` as written in the file.
+#[derive(Debug)]
+struct EgressText(EgressPolicy);
+
+impl<'de> Deserialize<'de> for EgressText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(EgressText).map_err(serde::de::Error::custom)
+    }
+}
+
 impl<'de> Deserialize<'de> for BridgeName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -286,6 +297,7 @@ struct RawNetwork {
     bridge: Option<BridgeName>,
     subnet: Option<Subnet>,
     no_egress: Option<bool>,
+    egress: Option<EgressText>,
     isolate_vms: Option<bool>,
     block_lan: Option<bool>,
 }
@@ -346,6 +358,7 @@ pub struct Config {
     pub bridge: Option<String>,
     pub subnet: Option<Subnet>,
     pub no_egress: Option<bool>,
+    pub egress: Option<EgressPolicy>,
     pub isolate_vms: Option<bool>,
     pub block_lan: Option<bool>,
     pub dns_port: Option<u16>,
@@ -467,6 +480,7 @@ impl Config {
             bridge: net.bridge.map(|b| b.0),
             subnet: net.subnet,
             no_egress: net.no_egress,
+            egress: net.egress.map(|e| e.0),
             isolate_vms: net.isolate_vms,
             block_lan: net.block_lan,
             dns_port: dns.port,
@@ -567,6 +581,16 @@ impl Config {
         sourced(self.no_egress, false)
     }
 
+    /// The egress policy of new VMs: `no_egress = true` means none;
+    /// else `egress`, else all.
+    pub fn egress(&self) -> Sourced<EgressPolicy> {
+        match (self.no_egress, &self.egress) {
+            (Some(true), _) => Sourced::new(EgressPolicy::None, Provenance::Config),
+            (_, Some(e)) => Sourced::new(e.clone(), Provenance::Config),
+            _ => Sourced::new(EgressPolicy::All, Provenance::BuiltIn),
+        }
+    }
+
     /// Whether VMs are kept from reaching each other (default: yes; a
     /// sandbox should not reach its siblings unless asked).
     pub fn isolate_vms(&self) -> Sourced<bool> {
@@ -663,6 +687,8 @@ impl Config {
         push("network.subnet", json!(s.value.to_string()), s.source);
         let s = self.egress_blocked();
         push("network.no_egress", json!(s.value), s.source);
+        let s = self.egress();
+        push("network.egress", json!(s.value.to_string()), s.source);
         let s = self.isolate_vms();
         push("network.isolate_vms", json!(s.value), s.source);
         let s = self.block_lan();
@@ -1031,5 +1057,23 @@ upstream_resolv_conf = "/run/NetworkManager/no-stub-resolv.conf"
         assert!(Subnet::parse("10.0.0.0/30").is_err());
         assert!(Subnet::parse("10.0.0.0").is_err());
         assert!(Subnet::parse("300.0.0.0/24").is_err());
+    }
+
+    #[test]
+    fn egress_policy_from_config() {
+        let p = Path::new("c.toml");
+        let c = Config::parse("[network]\negress = \"allow:github.com,pypi.org\"\n", p)
+            .expect("config");
+        assert_eq!(c.egress().value.to_string(), "allow:github.com,pypi.org");
+        assert_eq!(c.egress().source, Provenance::Config);
+        let c = Config::parse("[network]\negress = \"allow:x.org\"\nno_egress = true\n", p)
+            .expect("config");
+        assert_eq!(c.egress().value, EgressPolicy::None, "no_egress wins");
+        assert_eq!(Config::default().egress().value, EgressPolicy::All);
+        let e = Config::parse("[network]\negress = \"allow:\"\n", p).expect_err("empty list");
+        assert!(e.to_string().contains("egress policy"), "{e}");
+        let c = Config::parse("[network]\nisolate_vms = false\n", p).expect("config");
+        assert!(!c.isolate_vms().value);
+        assert!(c.block_lan().value);
     }
 }

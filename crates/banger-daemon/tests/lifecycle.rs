@@ -174,3 +174,31 @@ async fn create_failures_roll_back() {
         .expect_err("bad name");
     assert!(e.message.contains("invalid VM name"), "{}", e.message);
 }
+
+#[tokio::test]
+async fn the_egress_policy_is_kept_per_vm() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = daemon_with_image(tmp.path());
+    let allow: banger_proto::EgressPolicy = "allow:github.com,pypi.org".parse().expect("policy");
+    for (name, egress, no_egress, want) in [
+        ("e-allow", Some(allow.clone()), false, allow.clone()),
+        ("e-none", None, true, banger_proto::EgressPolicy::None),
+        ("e-default", None, false, banger_proto::EgressPolicy::All),
+    ] {
+        d.create_vm(CreateVmRequest {
+            name: Some(name.into()),
+            image: Some("tiny".into()),
+            egress,
+            no_egress,
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+        let rec = d.store.get_vm(name).expect("get");
+        assert_eq!(banger_daemon::vms::egress_of(&rec), want, "{name}");
+        assert_eq!(rec.no_egress, want == banger_proto::EgressPolicy::None);
+    }
+}

@@ -180,7 +180,11 @@ pub struct VmInfo {
     pub reason: Option<String>,
     /// Unix seconds.
     pub created_at: i64,
+    /// `true` exactly when `egress` is none (kept for older clients).
     pub no_egress: bool,
+    /// Where the VM's traffic may go beyond the VM subnet.
+    #[serde(default)]
+    pub egress: crate::EgressPolicy,
     /// Host side of the VM's vsock (Firecracker hybrid vsock protocol): the
     /// CLI talks to the guest agent through it directly.
     #[serde(default)]
@@ -205,8 +209,12 @@ pub struct CreateVmRequest {
     pub vcpu: Option<u32>,
     pub memory_mib: Option<u64>,
     pub disk_bytes: Option<u64>,
+    /// Same as `egress: none` (kept for older clients).
     #[serde(default)]
     pub no_egress: bool,
+    /// The VM's egress policy; unset: `[network]` in config.toml decides.
+    #[serde(default)]
+    pub egress: Option<crate::EgressPolicy>,
     /// Start the VM once created.
     #[serde(default)]
     pub start: bool,

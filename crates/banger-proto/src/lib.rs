@@ -4,8 +4,10 @@
 
 pub mod agent;
 pub mod api;
+pub mod egress;
 pub mod oci;
 pub mod root;
 
 pub use api::*;
+pub use egress::EgressPolicy;
 pub use oci::{OciPullEvent, OciPullRequest, OciRunConfig};

@@ -91,12 +91,21 @@ pub struct VmShape {
     #[arg(long, value_name = "SIZE")]
     pub disk: Option<String>,
     /// Cut the VM off from the outside world; the host can still reach it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "egress")]
     pub no_egress: bool,
     /// Boot the VM even when its shape has a warm snapshot to restore from
     /// (see docs/snapshots.md).
     #[arg(long)]
     pub cold: bool,
+    /// Where the VM may connect: all, none, or allow:NAME[,NAME…] (only the
+    /// addresses banger's DNS resolves for those names; *.example.com for
+    /// the names under example.com). Default: `egress` under [network].
+    #[arg(long, value_name = "POLICY", value_parser = parse_egress)]
+    pub egress: Option<banger_proto::EgressPolicy>,
+}
+
+fn parse_egress(s: &str) -> Result<banger_proto::EgressPolicy, String> {
+    s.parse()
 }
 
 #[derive(Debug, Subcommand)]

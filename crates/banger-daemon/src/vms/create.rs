@@ -94,12 +94,21 @@ impl Daemon {
                 .ok()
                 .map(|ip| ip.to_string())
         };
+        let egress = match (&req.egress, req.no_egress) {
+            (_, true) => banger_proto::EgressPolicy::None,
+            (Some(e), false) => e.clone(),
+            (None, false) => self.config.egress().value,
+        };
         // A shape with a warm snapshot gets its disks from it at the first start.
         let warm = !req.cold && self.warm_available(&image.name, &spec);
         let extra = VmExtra {
             spec: Some(spec.clone()),
             warm_pending: warm,
             authorized_key: req.ssh_public_key.clone(),
+            egress_allow: match &egress {
+                banger_proto::EgressPolicy::Allow { names } => Some(names.clone()),
+                _ => None,
+            },
             ..Default::default()
         };
         // A random name can collide; a chosen one is the user's to change.
@@ -127,7 +136,7 @@ impl Daemon {
                 pid: None,
                 pid_start: None,
                 reason: None,
-                no_egress: req.no_egress || self.config.egress_blocked().value,
+                no_egress: egress == banger_proto::EgressPolicy::None,
                 created_at: 0,
                 extra: serde_json::to_string(&extra).unwrap_or_else(|_| "{}".into()),
             };

@@ -101,10 +101,26 @@ pub struct VmExtra {
     /// whose restore fell back) and for a restored guest's authorized_keys.
     #[serde(default)]
     pub authorized_key: Option<String>,
+    /// The names of an `allow:` egress policy (absent: all, or none when
+    /// the record's `no_egress` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_allow: Option<Vec<String>>,
 }
 
 pub fn extra_of(rec: &VmRecord) -> VmExtra {
     serde_json::from_str(&rec.extra).unwrap_or_default()
+}
+
+/// A VM's egress policy, from its record.
+pub fn egress_of(rec: &VmRecord) -> banger_proto::EgressPolicy {
+    use banger_proto::EgressPolicy;
+    if rec.no_egress {
+        return EgressPolicy::None;
+    }
+    match extra_of(rec).egress_allow {
+        Some(names) => EgressPolicy::Allow { names },
+        None => EgressPolicy::All,
+    }
 }
 
 pub(crate) fn ipv4(rec: &VmRecord) -> Option<Ipv4Addr> {

@@ -59,6 +59,7 @@ pub fn create_request(shape: &VmShape, start: bool) -> anyhow::Result<CreateVmRe
         memory_mib,
         disk_bytes,
         no_egress: shape.no_egress,
+        egress: shape.egress.clone(),
         start,
         ssh_public_key: None,
         cold: shape.cold,
@@ -115,10 +116,12 @@ fn print_vm(v: &VmInfo) -> std::io::Result<()> {
         ),
         (
             "egress",
-            if v.no_egress {
-                "blocked".into()
-            } else {
-                "allowed".into()
+            match &v.egress {
+                banger_proto::EgressPolicy::All if v.no_egress => "none".into(),
+                banger_proto::EgressPolicy::Allow { names } => {
+                    format!("only {}", names.join(", "))
+                }
+                e => e.to_string(),
             },
         ),
         ("created", output::age(v.created_at)),

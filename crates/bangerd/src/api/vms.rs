@@ -34,6 +34,7 @@ pub fn vm_info(d: &Daemon, r: VmRecord) -> VmInfo {
         .then_some(r.pid)
         .flatten()
         .and_then(banger_daemon::vms::private_memory_bytes);
+    let egress = banger_daemon::vms::egress_of(&r);
     VmInfo {
         restored_from,
         private_memory_bytes,
@@ -52,6 +53,7 @@ pub fn vm_info(d: &Daemon, r: VmRecord) -> VmInfo {
         reason: r.reason,
         created_at: r.created_at,
         no_egress: r.no_egress,
+        egress,
     }
 }
 
