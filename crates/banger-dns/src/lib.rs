@@ -15,6 +15,7 @@
 //! UDP only: every `.vm` answer fits in 512 bytes, so TCP fallback is never
 //! needed.
 
+pub mod answers;
 pub mod forward;
 pub mod wire;
 
