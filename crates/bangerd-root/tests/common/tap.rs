@@ -74,22 +74,39 @@ impl Tap {
         self.file.write_all(&buf).expect("write frame to tap");
     }
 
+    /// Whether a frame matching `pred` is delivered within `wait` (returns
+    /// as soon as one is).
+    pub fn saw(&mut self, mut pred: impl FnMut(&[u8]) -> bool, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            if self.received(Duration::ZERO).iter().any(|f| pred(f)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Every frame delivered to the guest within `wait`.
     pub fn received(&mut self, wait: Duration) -> Vec<Vec<u8>> {
         let deadline = Instant::now() + wait;
         let mut out = Vec::new();
         let mut buf = vec![0u8; 65536];
-        while Instant::now() < deadline {
+        loop {
             match self.file.read(&mut buf) {
                 Ok(n) if n > VNET_HDR => out.push(buf[VNET_HDR..n].to_vec()),
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return out;
+                    }
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => panic!("read tap: {e}"),
             }
         }
-        out
     }
 }
 
@@ -128,9 +145,44 @@ impl Listener {
         }
     }
 
-    /// Whether a datagram carrying `tag` arrives within `wait`.
+    /// Whether a datagram carrying `tag` arrives within `wait` (returns as
+    /// soon as it does; what arrives meanwhile is consumed).
     pub fn saw(&self, tag: &[u8], wait: Duration) -> bool {
-        self.got(wait).iter().any(|(p, _)| p == tag)
+        self.saw_all(&[tag], wait)
+    }
+
+    /// Whether datagrams carrying each of `tags` arrive within `wait`.
+    pub fn saw_all(&self, tags: &[&[u8]], wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        let mut seen = vec![false; tags.len()];
+        loop {
+            for (p, _) in self.got(Duration::ZERO) {
+                for (i, t) in tags.iter().enumerate() {
+                    seen[i] |= p == *t;
+                }
+            }
+            if seen.iter().all(|s| *s) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The sender of the first datagram carrying `tag` within `wait`.
+    pub fn first_from(&self, tag: &[u8], wait: Duration) -> Option<SocketAddr> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some((_, from)) = self.got(Duration::ZERO).into_iter().find(|(p, _)| p == tag) {
+                return Some(from);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn send_to(&self, payload: &[u8], to: SocketAddr) {
