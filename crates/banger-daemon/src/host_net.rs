@@ -112,7 +112,7 @@ impl HostNetwork for RootNetwork {
                 },
             )
             .await?;
-            if w.egress {
+            if w.egress != EgressPolicy::None {
                 // NAT routes nothing while the host does not forward (the
                 // default on Debian/Ubuntu without Docker).
                 self.call(&what, RootOp::EnableForwarding).await?;
