@@ -41,7 +41,9 @@ pub use process::{
 };
 pub use qemu::QemuDriver;
 pub use snapshot::{AfterSnapshot, MemoryMode, RestoreReport, Snapshot, SnapshotManifest};
-pub use spec::{KernelFiles, MacAddr, NetSpec, VmmKind, VmmPreference, VmmSpec, VsockSpec};
+pub use spec::{
+    AgentPortSpec, KernelFiles, MacAddr, NetSpec, VmmKind, VmmPreference, VmmSpec, VsockSpec,
+};
 
 use serde::Serialize;
 

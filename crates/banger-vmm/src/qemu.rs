@@ -1,7 +1,9 @@
 //! The QEMU driver: `qemu-system-x86_64 -M microvm`, KVM where KVM runs guests, else TCG;
 //! controlled over QMP; stop = ACPI powerdown, bounded wait, `quit`, then SIGKILL.
-//! Vsock goes through a `vhost-device-vsock` helper that speaks Firecracker's hybrid-vsock
-//! protocol on the host side.
+//! The guest agent's channel is a virtio-serial port on a chardev socket QEMU listens on
+//! (it migrates, so these VMs can be snapshotted). Vsock, when a spec still asks for it,
+//! goes through a `vhost-device-vsock` helper that speaks Firecracker's hybrid-vsock
+//! protocol on the host side (vhost-user devices block migration).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -152,6 +154,18 @@ impl QemuDriver {
                 opt("socket,id=vs0,path=", &vhost),
                 "-device".into(),
                 "vhost-user-vsock-device,chardev=vs0".into(),
+            ]);
+        }
+        if let Some(port) = &spec.agent_port {
+            // microvm has no PCI: the virtio-mmio flavour of the serial bus.
+            let sock = no_comma("agent socket", &port.socket)?;
+            a.extend([
+                "-device".into(),
+                "virtio-serial-device,max_ports=2".into(),
+                "-chardev".into(),
+                opt("socket,id=agent,server=on,wait=off,path=", &sock),
+                "-device".into(),
+                format!("virtserialport,chardev=agent,name={}", port.name).into(),
             ]);
         }
         let qmp = no_comma("QMP socket", &spec.vm_dir.join(QMP_SOCKET))?;
@@ -447,7 +461,7 @@ impl Vmm for QemuDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{KernelFiles, MacAddr, NetSpec, VsockSpec};
+    use crate::spec::{AgentPortSpec, KernelFiles, MacAddr, NetSpec, VsockSpec};
 
     fn spec() -> VmmSpec {
         let mut s = VmmSpec::new(
@@ -557,6 +571,35 @@ mod tests {
         let joined = args(&d, &s).join(" ");
         assert!(joined.contains("format=qcow2,id=root"), "{joined}");
         assert!(joined.contains("format=raw,id=work"), "{joined}");
+    }
+
+    #[test]
+    fn the_agent_port_is_a_virtio_serial_port_on_a_listening_chardev() {
+        let d = QemuDriver::new("/usr/bin/qemu-system-x86_64".into(), Accel::Tcg, 1);
+        let mut s = spec();
+        assert!(!args(&d, &s).join(" ").contains("virtserialport"));
+        s.agent_port = Some(AgentPortSpec {
+            socket: "/var/lib/banger/vms/web-1/agent.sock".into(),
+            name: "banger.agent".into(),
+        });
+        let joined = args(&d, &s).join(" ");
+        assert!(joined.contains("-device virtio-serial-device"), "{joined}");
+        assert!(
+            joined.contains(
+                "-chardev socket,id=agent,server=on,wait=off,path=/var/lib/banger/vms/web-1/agent.sock"
+            ),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("-device virtserialport,chardev=agent,name=banger.agent"),
+            "{joined}"
+        );
+        assert!(!joined.contains("vhost-user"), "no vsock backend needed");
+        s.agent_port = Some(AgentPortSpec {
+            socket: "/tmp/a,b/agent.sock".into(),
+            name: "banger.agent".into(),
+        });
+        assert!(matches!(d.argv(&s), Err(VmmError::InvalidSpec(_))));
     }
 
     #[test]

@@ -148,6 +148,7 @@ impl Daemon {
             root_disk: dir.root_disk(),
             work_disk: Some(dir.work_disk()),
             net,
+            agent_port: None,
             vsock: self.agent_enabled(&driver).then(|| VsockSpec {
                 guest_cid: GUEST_CID,
                 uds_path: vsock_path.clone(),
