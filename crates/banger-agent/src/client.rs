@@ -85,8 +85,8 @@ impl From<FrameError> for AgentError {
 /// Where the agent is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentTarget {
-    /// Firecracker / vhost-device-vsock host socket: connect to `uds_path`,
-    /// then `CONNECT <port>`.
+    /// Firecracker's vsock host socket (or the daemon's gateway to a QEMU
+    /// VM's serial channel): connect to `uds_path`, then `CONNECT <port>`.
     HybridVsock { uds_path: PathBuf, port: u32 },
     /// The agent serving a Unix socket directly (`--listen unix:PATH`).
     Unix(PathBuf),

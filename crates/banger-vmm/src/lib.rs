@@ -153,9 +153,7 @@ impl Driver {
                             .into(),
                     )
                 })?;
-                let mut d = QemuDriver::new(bin, sel.accel, sel.tsc.khz);
-                d.vhost_vsock_bin = sel.vhost_vsock_bin.clone();
-                Ok(Driver::Qemu(d))
+                Ok(Driver::Qemu(QemuDriver::new(bin, sel.accel, sel.tsc.khz)))
             }
         }
     }

@@ -240,7 +240,7 @@ impl VmmSpec {
         // sun_path holds 107 bytes + NUL; longer socket paths fail at bind time with an
         // unhelpful EINVAL, so refuse them here. Guest-initiated vsock connections land on
         // `<uds_path>_<port>` (up to 11 more bytes).
-        let longest = ["fc.sock", "qmp.sock", "vhost.sock"]
+        let longest = ["fc.sock", "qmp.sock"]
             .iter()
             .map(|f| self.vm_dir.join(f).as_os_str().len())
             .chain(self.vsock.iter().map(|v| v.uds_path.as_os_str().len() + 11))
