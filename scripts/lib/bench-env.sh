@@ -45,7 +45,7 @@ bench_ratio() {
 bench_check_tools() {
     [ "$(id -u)" -eq 0 ] || bench_skip "needs root (network namespace, bridge, taps)"
     local t
-    for t in qemu-system-x86_64 vhost-device-vsock ip nft ssh ssh-keygen git debugfs python3 timeout; do
+    for t in qemu-system-x86_64 ip nft ssh ssh-keygen git debugfs python3 timeout; do
         command -v "$t" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/root/.cargo/bin" command -v "$t" >/dev/null 2>&1 ||
             bench_skip "$t is not installed (scripts/install-deps installs it)"
     done

@@ -1,6 +1,7 @@
 //! Host side: talk to a guest's agent through a hybrid-vsock Unix socket
-//! (Firecracker, `vhost-device-vsock`) or a plain Unix socket (tests), and
-//! wait for its boot-time readiness announcement.
+//! (Firecracker), the serial channel's multiplexer (QEMU, see
+//! [`crate::serial`]) or a plain Unix socket (tests), and wait for its
+//! boot-time readiness announcement.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -15,10 +16,10 @@ use banger_proto::agent::{
     UploadSummary, version_mismatch_message,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, mpsc};
 
+use crate::serial::SerialChannel;
 use crate::wire::{WireError, read_frame, write_data, write_msg};
 
 /// Default bound on connecting and on the hybrid-vsock handshake.
@@ -41,6 +42,14 @@ pub enum AgentError {
         "the VMM closed the vsock connection to guest port {port} without answering; nothing listens on that port in the guest (is banger-vsock-agent running?)"
     )]
     HandshakeClosed { port: u32 },
+    #[error("cannot connect to the VM's agent channel {path}: {source}; is the VM running?")]
+    SerialConnect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the VM's agent channel {path} closed: {why}")]
+    ChannelClosed { path: PathBuf, why: String },
     #[error("timed out after {secs}s {what}")]
     Timeout { what: &'static str, secs: u64 },
     #[error(
@@ -76,11 +85,14 @@ impl From<FrameError> for AgentError {
 /// Where the agent is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentTarget {
-    /// Firecracker / vhost-device-vsock host socket: connect to `uds_path`,
-    /// then `CONNECT <port>`.
+    /// Firecracker's vsock host socket (or the daemon's gateway to a QEMU
+    /// VM's serial channel): connect to `uds_path`, then `CONNECT <port>`.
     HybridVsock { uds_path: PathBuf, port: u32 },
     /// The agent serving a Unix socket directly (`--listen unix:PATH`).
     Unix(PathBuf),
+    /// QEMU's virtio-serial chardev socket, sessions multiplexed on one
+    /// shared connection.
+    Serial(SerialChannel),
 }
 
 /// `<uds_path>_<port>`: where guest-initiated vsock connections arrive.
@@ -160,7 +172,9 @@ pub struct AgentClient {
     client_name: String,
 }
 
-type Conn = (OwnedReadHalf, OwnedWriteHalf);
+type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+type Conn = (BoxRead, BoxWrite);
 
 impl AgentClient {
     pub fn new(target: AgentTarget) -> Self {
@@ -179,6 +193,12 @@ impl AgentClient {
         })
     }
 
+    /// The agent of a QEMU VM whose serial chardev socket is `path`. Clones
+    /// share one connection; use one client (or its clones) per VM.
+    pub fn serial(path: impl Into<PathBuf>) -> Self {
+        Self::new(AgentTarget::Serial(SerialChannel::new(path)))
+    }
+
     pub fn with_connect_timeout(mut self, t: Duration) -> Self {
         self.connect_timeout = t;
         self
@@ -194,6 +214,10 @@ impl AgentClient {
             AgentTarget::HybridVsock { uds_path, port } => {
                 connect_hybrid(uds_path, *port, self.connect_timeout).await?
             }
+            AgentTarget::Serial(ch) => {
+                let (r, w) = tokio::io::split(ch.open(self.connect_timeout).await?);
+                return self.handshake((Box::new(r), Box::new(w)), req).await;
+            }
             AgentTarget::Unix(p) => {
                 tokio::time::timeout(self.connect_timeout, UnixStream::connect(p))
                     .await
@@ -207,7 +231,14 @@ impl AgentClient {
                     })?
             }
         };
-        let (mut r, mut w) = stream.into_split();
+        let (r, w) = stream.into_split();
+        self.handshake((Box::new(r), Box::new(w)), req).await
+    }
+
+    /// Sends hello and `req` (pipelined) on a fresh session and checks the
+    /// agent's hello.
+    async fn handshake(&self, conn: Conn, req: &HostMsg) -> Result<(Conn, GuestHello), AgentError> {
+        let (mut r, mut w) = conn;
         let hello = HostMsg::Hello(HostHello {
             protocol_version: PROTOCOL_VERSION,
             client: self.client_name.clone(),
@@ -467,7 +498,7 @@ impl AgentClient {
 
 async fn download_pump(
     first: banger_proto::agent::Frame,
-    r: &mut OwnedReadHalf,
+    r: &mut BoxRead,
     tx: &mpsc::Sender<io::Result<Vec<u8>>>,
 ) -> Result<(), AgentError> {
     let mut f = first;

@@ -2,11 +2,13 @@
 //! protocol.
 //!
 //! * [`server`]: the agent's handlers (exec, upload, download, shutdown,
-//!   sync-time), transport-agnostic; the binary serves them on AF_VSOCK, tests
-//!   on Unix sockets.
+//!   sync-time), transport-agnostic; the binary serves them on AF_VSOCK and
+//!   on the virtio-serial port ([`guest_serial`]), tests on Unix sockets.
 //! * [`client`]: what the daemon calls: [`client::AgentClient`] over
-//!   Firecracker's hybrid vsock (`CONNECT <port>`), and
-//!   [`client::ReadinessListener`] for the boot-time announcement.
+//!   Firecracker's hybrid vsock (`CONNECT <port>`) or QEMU's serial channel
+//!   ([`serial`]), and [`client::ReadinessListener`] for the boot-time
+//!   announcement over vsock.
+//! * [`mux`]: the serial channel's stream multiplexer (both ends).
 //! * [`init`]: `banger-init`, PID 1 for OCI images without an init.
 //! * [`readiness`]: what "ready" means, collected in the guest, judged by
 //!   the host.
@@ -15,8 +17,11 @@
 //! The wire format is in [`banger_proto::agent`].
 
 pub mod client;
+pub mod guest_serial;
 pub mod init;
+pub mod mux;
 pub mod readiness;
+pub mod serial;
 pub mod server;
 pub mod unpack;
 pub mod wire;
@@ -26,6 +31,7 @@ pub use client::{
     AgentClient, AgentError, AgentTarget, DownloadStream, ExecControl, ExecOutput,
     ReadinessListener, connect_hybrid, ready_socket_path,
 };
+pub use serial::{Gateway, SerialChannel};
 
 /// The systemd unit installed into golden images, next to the binary at
 /// [`AGENT_INSTALL_PATH`].

@@ -1,7 +1,9 @@
 //! `banger-vsock-agent`: runs as root inside every banger guest.
 //!
 //! Listens on vsock port `AGENT_PORT` (or a Unix socket for tests) and, at
-//! start, announces readiness to the host (CID 2, `READY_PORT`).
+//! start, announces readiness to the host (CID 2, `READY_PORT`). In a guest
+//! it also serves the virtio-serial port `AGENT_SERIAL_PORT` when the VM has
+//! one (QEMU VMs: see `banger_agent::guest_serial`).
 //!
 //! As PID 1 (or with `--init`) it is `banger-init` instead: see
 //! [`banger_agent::init`].
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use banger_agent::server::{AgentConfig, guest_hello, serve_connection};
-use banger_proto::agent::{AGENT_PORT, GuestMsg, HOST_CID, READY_PORT};
+use banger_proto::agent::{AGENT_PORT, AGENT_SERIAL_PORT, GuestMsg, HOST_CID, READY_PORT};
 use clap::Parser;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -62,6 +64,10 @@ struct Args {
     /// Where to announce readiness: vsock:CID:PORT, unix:PATH or none.
     #[arg(long, default_value_t = format!("vsock:{HOST_CID}:{READY_PORT}"), value_parser = parse_endpoint_str)]
     announce: String,
+    /// The virtio-serial port to serve as well: a port name, `none`, or
+    /// `auto` (the banger port when listening on vsock, i.e. in a guest).
+    #[arg(long, default_value = "auto")]
+    serial: String,
     /// Acknowledge shutdown and sync-time without changing the machine
     /// (for tests, or running outside a guest).
     #[arg(long)]
@@ -140,6 +146,32 @@ fn bind_vsock(cid: u32, port: u32) -> std::io::Result<tokio_vsock::VsockListener
     }
 }
 
+/// How long the agent looks for its serial port before deciding the VM has
+/// none (Firecracker VMs: vsock only).
+const SERIAL_PORT_WAIT: Duration = Duration::from_secs(60);
+
+/// The serial port to serve, from `--serial` and the listen endpoint.
+fn serial_port_name(arg: &str, listen: &Endpoint) -> Option<String> {
+    match arg {
+        "none" => None,
+        "auto" => matches!(listen, Endpoint::Vsock { .. }).then(|| AGENT_SERIAL_PORT.to_string()),
+        name => Some(name.to_string()),
+    }
+}
+
+/// Serves the serial port `name` once it shows up; gives up (logged) if the
+/// VM has none.
+async fn serve_serial(name: String, cfg: Arc<AgentConfig>) {
+    let Some(path) = banger_agent::guest_serial::wait_for_port(&name, SERIAL_PORT_WAIT).await
+    else {
+        tracing::info!("no virtio-serial port {name:?}: serving vsock only");
+        return;
+    };
+    if let Err(e) = banger_agent::guest_serial::serve_port(&path, cfg).await {
+        tracing::error!("serial agent channel: {e}");
+    }
+}
+
 async fn run(args: Args) -> Result<(), String> {
     let cfg = Arc::new(if args.dry_run {
         AgentConfig::harmless()
@@ -148,6 +180,8 @@ async fn run(args: Args) -> Result<(), String> {
     });
     let listen = parse_endpoint(&args.listen)?;
     let announce_to = parse_endpoint(&args.announce)?;
+    let serial = serial_port_name(&args.serial, &listen)
+        .map(|name| tokio::spawn(serve_serial(name, cfg.clone())));
     match listen {
         Endpoint::Unix(p) => {
             let _ = std::fs::remove_file(&p);
@@ -174,7 +208,15 @@ async fn run(args: Args) -> Result<(), String> {
                         tracing::warn!("cannot listen on vsock port {port} yet: {e}");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
-                    Err(e) => return Err(format!("cannot listen on vsock port {port}: {e}")),
+                    Err(e) => match serial {
+                        // A QEMU VM has no vsock: its channel is the serial port.
+                        Some(serial) => {
+                            tracing::info!("no vsock ({e}); serving the serial port only");
+                            let _ = serial.await;
+                            return Err("the serial agent channel stopped".into());
+                        }
+                        None => return Err(format!("cannot listen on vsock port {port}: {e}")),
+                    },
                 }
             };
             tracing::info!("listening on vsock port {port}");
@@ -254,5 +296,18 @@ mod tests {
         assert!(!peer_allowed(1), "vsock loopback from inside the guest");
         assert!(!peer_allowed(3), "another guest");
         assert!(parse_endpoint("vsock:x").is_err());
+    }
+
+    #[test]
+    fn serial_port_defaults_to_the_banger_port_only_in_a_guest() {
+        let vsock = Endpoint::Vsock { cid: 1, port: 2 };
+        let unix = Endpoint::Unix("/tmp/a".into());
+        assert_eq!(
+            serial_port_name("auto", &vsock).as_deref(),
+            Some(AGENT_SERIAL_PORT)
+        );
+        assert_eq!(serial_port_name("auto", &unix), None);
+        assert_eq!(serial_port_name("none", &vsock), None);
+        assert_eq!(serial_port_name("p0", &unix).as_deref(), Some("p0"));
     }
 }

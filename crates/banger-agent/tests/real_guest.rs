@@ -1,8 +1,13 @@
-//! The agent in a real Debian guest booted by the QEMU driver (TCG here), with
-//! vsock through `vhost-device-vsock`: the host client and readiness listener
-//! exactly as the daemon will use them. Needs root (the cached test guest is
-//! built with mmdebstrap), qemu-system-x86_64, vhost-device-vsock and debugfs;
-//! skips with a message otherwise. The guest has no network at all.
+//! The agent in a real Debian guest booted by the QEMU driver (TCG here),
+//! over the serial agent channel (virtio-serial + the stream multiplexer),
+//! with the host client exactly as the daemon uses it; then the guest is
+//! snapshotted (QMP `migrate` to a state file, RAM in a memory-backend-file
+//! with x-ignore-shared) with the agent channel present — vhost-user vsock
+//! made QEMU refuse that — restored into a second QEMU, and the agent must
+//! answer there, while a session left open across the snapshot finishes on
+//! the source. Needs root (the cached test guest is built with mmdebstrap),
+//! qemu-system-x86_64 and debugfs; skips with a message otherwise. The guest
+//! has no network at all.
 //!
 //! Set BANGER_AGENT_BIN to test a specific agent build (e.g. the static one
 //! from scripts/build-agent-static); the default is this test build's binary
@@ -13,11 +18,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use banger_agent::{AgentClient, ReadinessListener};
-use banger_proto::agent::{ExecRequest, ExitStatus, READY_PORT, TtySize};
+use banger_agent::{AgentClient, AgentTarget, SerialChannel};
+use banger_proto::agent::{AGENT_SERIAL_PORT, ExecRequest, ExitStatus, TtySize};
 use banger_vmm::{
-    KernelFiles, QemuDriver, Vmm, VmmConfig, VmmPreference, VmmSpec, VsockSpec, clone_disk,
-    select_vmm,
+    AfterSnapshot, AgentPortSpec, KernelFiles, MemoryMode, QemuDriver, RunningVmm, Vmm, VmmConfig,
+    VmmPreference, VmmSpec, clone_disk, select_vmm,
 };
 use tokio::io::AsyncReadExt;
 
@@ -72,7 +77,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_in_a_real_guest_over_vhost_device_vsock() {
+async fn agent_in_a_real_guest_over_the_serial_channel_survives_migration() {
     if !banger_testkit::is_root() {
         eprintln!("SKIP: the real-guest agent test needs root (to build the test guest)");
         return;
@@ -91,10 +96,6 @@ async fn agent_in_a_real_guest_over_vhost_device_vsock() {
             return;
         }
     };
-    let Some(vhost) = sel.vhost_vsock_bin.clone() else {
-        eprintln!("SKIP: vhost-device-vsock not installed (cargo install vhost-device-vsock)");
-        return;
-    };
     let guest = banger_testkit::test_guest().expect("build/reuse the test guest");
     let agent_bin = std::env::var_os("BANGER_AGENT_BIN")
         .map(PathBuf::from)
@@ -102,48 +103,52 @@ async fn agent_in_a_real_guest_over_vhost_device_vsock() {
     eprintln!("agent binary: {}", agent_bin.display());
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let vm_dir = dir.path();
+    let vm_dir = dir.path().join("a");
+    std::fs::create_dir(&vm_dir).expect("mkdir");
     let root = vm_dir.join("root.ext4");
     clone_disk(&guest.rootfs, &root).expect("clone root disk");
-    install_agent(&root, &agent_bin, vm_dir);
+    install_agent(&root, &agent_bin, &vm_dir);
 
-    let mut driver = QemuDriver::new(sel.qemu_bin.clone().expect("qemu"), sel.accel, sel.tsc.khz);
-    driver.vhost_vsock_bin = Some(vhost);
+    let driver = QemuDriver::new(sel.qemu_bin.clone().expect("qemu"), sel.accel, sel.tsc.khz);
     let kernel = KernelFiles {
         vmlinux: None,
         vmlinuz: Some(guest.vmlinuz.clone()),
         initrd: Some(guest.initrd.clone()),
     };
-    let mut spec = VmmSpec::new("agent-test", vm_dir, kernel, &root);
+    let mut spec = VmmSpec::new("agent-test", &vm_dir, kernel, &root);
     spec.boot_args = guest.boot_args.clone();
-    let uds = vm_dir.join("v.sock");
-    spec.vsock = Some(VsockSpec {
-        guest_cid: 3,
-        uds_path: uds.clone(),
+    spec.agent_port = Some(AgentPortSpec {
+        socket: vm_dir.join("agent.sock"),
+        name: AGENT_SERIAL_PORT.into(),
     });
+    // Guest RAM in a shared file (tmpfs), as for every snapshot-capable VM.
+    let ram = tempfile::tempdir_in("/dev/shm").expect("tmpfs dir for guest RAM");
+    spec.memory_file = Some(ram.path().join("agent-test.mem"));
     let console = spec.console_log.clone();
 
-    // Bound before the VMM starts, as the daemon does.
-    let ready = ReadinessListener::bind(&uds, READY_PORT).expect("bind readiness");
     let t0 = Instant::now();
     let mut vm = driver
         .start(&spec)
         .await
         .unwrap_or_else(|e| panic!("start: {e}\nconsole:\n{}", console_tail(&console)));
-    // A failing assertion anywhere below must not leave QEMU or
-    // vhost-device-vsock running.
+    // A failing assertion anywhere below must not leave QEMU running.
     vm.set_kill_on_drop(true);
-    let hello = match ready.wait(READY_TIMEOUT, "agent-test").await {
+    let channel = SerialChannel::new(vm_dir.join("agent.sock"));
+    let hello = match channel.wait_ready(READY_TIMEOUT, "agent-test").await {
         Ok(h) => h,
         Err(e) => {
             let _ = driver.stop(&mut vm, Duration::from_secs(5)).await;
             panic!("{e}\nconsole:\n{}", console_tail(&console));
         }
     };
-    let ready_after = t0.elapsed();
-    eprintln!("agent ready {ready_after:?} after VMM start: {hello:?}");
+    eprintln!("agent ready {:?} after VMM start: {hello:?}", t0.elapsed());
+    let agent = AgentClient::new(AgentTarget::Serial(channel));
 
-    let result = tokio::time::timeout(Duration::from_secs(600), exercise(&uds, vm_dir)).await;
+    let result = tokio::time::timeout(Duration::from_secs(900), async {
+        exercise(&agent, &vm_dir).await?;
+        snapshot_and_restore(&driver, &mut vm, &spec, &agent, dir.path()).await
+    })
+    .await;
     let failure = match result {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e),
@@ -155,10 +160,7 @@ async fn agent_in_a_real_guest_over_vhost_device_vsock() {
     }
 
     // Clean shutdown through the agent: the VMM process exits on its own.
-    AgentClient::hybrid(&uds)
-        .shutdown()
-        .await
-        .expect("shutdown");
+    agent.shutdown().await.expect("shutdown");
     let t = Instant::now();
     while vm.is_alive() && t.elapsed() < Duration::from_secs(120) {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -179,8 +181,139 @@ async fn agent_in_a_real_guest_over_vhost_device_vsock() {
     );
 }
 
-async fn exercise(uds: &Path, vm_dir: &Path) -> Result<(), String> {
-    let agent = AgentClient::hybrid(uds);
+/// Snapshots the running guest through the driver (a `migrate` to a state
+/// file, RAM in a shared memory-backend-file left out by x-ignore-shared)
+/// with the agent channel present, restores it into a second QEMU and checks
+/// the agent answers there; a session open across the snapshot finishes on
+/// the source, which runs on.
+async fn snapshot_and_restore(
+    driver: &QemuDriver,
+    vm: &mut RunningVmm,
+    spec: &VmmSpec,
+    agent: &AgentClient,
+    base: &Path,
+) -> Result<(), String> {
+    let e = |what: &'static str| move |err: banger_agent::AgentError| format!("{what}: {err}");
+    let out = agent
+        .exec_capture(&sh("echo before-snapshot > /root/marker && sync"), b"")
+        .await
+        .map_err(e("marker"))?;
+    assert!(out.status.success(), "{out:?}");
+    // A session left open in the snapshot (the restored guest must drop it).
+    let open_session = {
+        let agent = agent.clone();
+        tokio::spawn(async move { agent.exec_capture(&sh("sleep 3; echo slept"), b"").await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let t = Instant::now();
+    let snap = driver
+        .snapshot(vm, spec, &base.join("snapshot"), AfterSnapshot::Resume)
+        .await
+        .map_err(|x| format!("snapshot with the agent channel present: {x}"))?;
+    let m = &snap.manifest;
+    eprintln!(
+        "snapshot with the agent channel: {:?}, guest paused {} ms, state {} KiB, memory {:?}",
+        t.elapsed(),
+        m.save_ms,
+        m.state_bytes / 1024,
+        m.memory
+    );
+    assert_eq!(m.memory, MemoryMode::File);
+    assert!(
+        m.state_bytes < 8 << 20,
+        "RAM leaked into the state stream: {} bytes",
+        m.state_bytes
+    );
+
+    // The restored VM: its own directory, disks, console and agent socket.
+    let dir_b = base.join("b");
+    std::fs::create_dir(&dir_b).map_err(|x| x.to_string())?;
+    let mut spec_b = VmmSpec::new(
+        "agent-restored",
+        &dir_b,
+        spec.kernel.clone(),
+        &dir_b.join("root.ext4"),
+    );
+    spec_b.boot_args = spec.boot_args.clone();
+    spec_b.vcpus = spec.vcpus;
+    spec_b.memory_mib = spec.memory_mib;
+    spec_b.agent_port = Some(AgentPortSpec {
+        socket: dir_b.join("agent.sock"),
+        name: AGENT_SERIAL_PORT.into(),
+    });
+    let t = Instant::now();
+    let restored = driver
+        .restore(&snap, &spec_b)
+        .await
+        .map_err(|x| format!("restore: {x}"))?;
+    let mut vm_b = restored.vm;
+    vm_b.set_kill_on_drop(true);
+    let ch = SerialChannel::new(dir_b.join("agent.sock"));
+    let restored_agent = AgentClient::new(AgentTarget::Serial(ch.clone()));
+    let hello = ch
+        .wait_ready(Duration::from_secs(60), "restored")
+        .await
+        .map_err(|x| format!("restored guest's agent: {x}"))?;
+    eprintln!(
+        "restored guest: agent answered {:?} after the restore began ({} ms of it restoring; guest uptime {} ms)",
+        t.elapsed(),
+        restored.report.restore_ms,
+        hello.uptime_ms
+    );
+    let out = restored_agent
+        .exec_capture(&sh("cat /root/marker"), b"")
+        .await
+        .map_err(e("exec in the restored guest"))?;
+    assert_eq!(out.stdout, b"before-snapshot\n", "{out:?}");
+    let mut rtts = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let out = restored_agent
+            .exec_capture(&ExecRequest::new(["true"]), b"")
+            .await
+            .map_err(e("exec true (restored)"))?;
+        assert!(out.status.success());
+        rtts.push(t.elapsed());
+    }
+    eprintln!("restored guest: exec true median {:?}", median(rtts));
+
+    // The source runs on; its session survived the snapshot.
+    let out = open_session
+        .await
+        .map_err(|x| x.to_string())?
+        .map_err(e("the session open across the snapshot (source)"))?;
+    assert_eq!(out.stdout, b"slept\n", "{out:?}");
+    let out = agent
+        .exec_capture(&ExecRequest::new(["true"]), b"")
+        .await
+        .map_err(e("exec on the source after the snapshot"))?;
+    assert!(out.status.success());
+
+    restored_agent
+        .shutdown()
+        .await
+        .map_err(e("shutdown restored"))?;
+    let t = Instant::now();
+    while vm_b.is_alive() && t.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let gone = !vm_b.is_alive();
+    let _ = driver.stop(&mut vm_b, Duration::from_secs(5)).await;
+    if !gone {
+        return Err(format!(
+            "the restored guest did not power off; console:\n{}",
+            console_tail(&spec_b.console_log)
+        ));
+    }
+    Ok(())
+}
+
+fn sh(script: &str) -> ExecRequest {
+    ExecRequest::new(["sh", "-c", script])
+}
+
+async fn exercise(agent: &AgentClient, vm_dir: &Path) -> Result<(), String> {
     let e = |what: &str| {
         let what = what.to_string();
         move |err: banger_agent::AgentError| format!("{what}: {err}")

@@ -78,7 +78,6 @@ impl Wiring {
             },
             firecracker_bin: config.firecracker_bin.as_ref().map(|p| p.expand(&home)),
             qemu_bin: config.qemu_bin.as_ref().map(|p| p.expand(&home)),
-            vhost_vsock_bin: None,
         };
         let selection = banger_vmm::select_vmm(&vmm_config).map_err(|e| e.to_string());
         match &selection {

@@ -12,6 +12,7 @@ const WORK_DISK: &str = "work.ext4";
 const HANDLE_FILE: &str = "vmm.json";
 const CONSOLE_LOG: &str = "console.log";
 const VSOCK: &str = "v.sock";
+const AGENT_SOCKET: &str = "agent.sock";
 const HOST_KEY: &str = "ssh_host_ed25519_key";
 const AUTHORIZED_KEY: &str = "authorized_key.pub";
 
@@ -43,9 +44,16 @@ impl VmDir {
         self.0.join(CONSOLE_LOG)
     }
 
-    /// The vsock Unix socket the guest agent is reached through.
+    /// The Unix socket the guest agent is reached through with the
+    /// hybrid-vsock protocol: Firecracker's vsock socket, or under QEMU the
+    /// daemon's gateway to the serial channel (see `vms::agent`).
     pub fn vsock(&self) -> PathBuf {
         self.0.join(VSOCK)
+    }
+
+    /// QEMU's chardev socket of the agent's virtio-serial port.
+    pub fn agent_socket(&self) -> PathBuf {
+        self.0.join(AGENT_SOCKET)
     }
 
     /// The VM's ssh host private key (its `.pub` beside it).

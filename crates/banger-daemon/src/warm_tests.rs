@@ -46,7 +46,6 @@ fn daemon(root: &Path) -> Option<Arc<Daemon>> {
         reason: "test: the FAKE firecracker".into(),
         firecracker_bin: Some(fake),
         qemu_bin: None,
-        vhost_vsock_bin: None,
         accel: Accel::Tcg,
         kvm: KvmReport {
             usable: false,

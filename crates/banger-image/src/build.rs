@@ -162,18 +162,21 @@ const MINIMAL_MASKS: &[&str] = &[
 ];
 
 /// Modules the initramfs must load: the devices reach the guest as
-/// virtio-mmio (ACPI), and Debian builds these as modules.
+/// virtio-mmio (ACPI), and Debian builds these as modules. `virtio_console`
+/// carries the agent's channel under QEMU; OCI images (banger-init, no udev,
+/// no modules on their root) boot with this initramfs and get it only here.
 pub const INITRAMFS_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_blk",
     "virtio_net",
     "vmw_vsock_virtio_transport",
+    "virtio_console",
 ];
 
 /// Runs after the essential packages, before the kernel package and so
 /// before its initramfs is generated (checked: the modules end up in the
 /// initrd). A constant: no data is ever spliced into it.
-const ESSENTIAL_HOOK: &str = "mkdir -p \"$1/usr/share/initramfs-tools/modules.d\" && printf '%s\\n' virtio_mmio virtio_blk virtio_net vmw_vsock_virtio_transport > \"$1/usr/share/initramfs-tools/modules.d/banger.conf\"";
+const ESSENTIAL_HOOK: &str = "mkdir -p \"$1/usr/share/initramfs-tools/modules.d\" && printf '%s\\n' virtio_mmio virtio_blk virtio_net vmw_vsock_virtio_transport virtio_console > \"$1/usr/share/initramfs-tools/modules.d/banger.conf\"";
 
 const SSHD_DROPIN: &str = include_str!("../guest/sshd-banger.conf");
 const SSH_SERVICE_DROPIN: &str = include_str!("../guest/ssh-service-banger.conf");

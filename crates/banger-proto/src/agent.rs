@@ -1,8 +1,10 @@
 //! Host ↔ guest agent protocol (`banger-vsock-agent`).
 //!
-//! Transport-agnostic: the same bytes flow over AF_VSOCK inside the guest, over
-//! Firecracker's (or `vhost-device-vsock`'s) hybrid-vsock Unix socket on the
-//! host, and over plain Unix sockets in tests.
+//! Transport-agnostic: the same bytes flow over AF_VSOCK inside the guest and
+//! Firecracker's hybrid-vsock Unix socket on the host, over one stream each of
+//! the serial channel's multiplexer under QEMU (virtio-serial port
+//! [`AGENT_SERIAL_PORT`]; see `banger_agent::mux`), and over plain Unix
+//! sockets in tests.
 //!
 //! # Framing
 //!
@@ -32,7 +34,9 @@
 //! # Readiness
 //!
 //! At boot the agent connects out to the host (CID 2) on [`READY_PORT`] and
-//! sends a single [`GuestMsg::Hello`] frame.
+//! sends a single [`GuestMsg::Hello`] frame. On the serial channel the host
+//! speaks first: the agent's answer to the multiplexer's `Hello` carries the
+//! same [`GuestHello`], and is the readiness announcement.
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +50,10 @@ pub const AGENT_PORT: u32 = 10789;
 /// Vsock port on the host (CID 2) the agent connects to at boot to announce
 /// readiness. Firecracker delivers it to `<uds_path>_10790` on the host.
 pub const READY_PORT: u32 = 10790;
+
+/// Name of the virtio-serial port that carries the agent channel under QEMU
+/// (`/dev/virtio-ports/banger.agent` in the guest).
+pub const AGENT_SERIAL_PORT: &str = "banger.agent";
 
 /// The host's vsock context id.
 pub const HOST_CID: u32 = 2;

@@ -36,7 +36,6 @@ fn fake_selection(bin: PathBuf) -> Selection {
         reason: "the FAKE firecracker of banger-testkit".into(),
         firecracker_bin: Some(bin),
         qemu_bin: None,
-        vhost_vsock_bin: None,
         accel: Accel::Tcg,
         kvm: KvmReport {
             usable: false,

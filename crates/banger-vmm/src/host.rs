@@ -511,8 +511,6 @@ pub struct VmmConfig {
     pub firecracker_bin: Option<PathBuf>,
     /// Configured qemu-system-x86_64 path; otherwise looked up on PATH.
     pub qemu_bin: Option<PathBuf>,
-    /// Configured vhost-device-vsock path (QEMU vsock); otherwise PATH and ~/.cargo/bin.
-    pub vhost_vsock_bin: Option<PathBuf>,
 }
 
 /// Which VMM to use, why, and everything `doctor` wants to print.
@@ -523,7 +521,6 @@ pub struct Selection {
     pub reason: String,
     pub firecracker_bin: Option<PathBuf>,
     pub qemu_bin: Option<PathBuf>,
-    pub vhost_vsock_bin: Option<PathBuf>,
     /// QEMU's accelerator (KVM only where KVM runs guests).
     pub accel: Accel,
     pub kvm: KvmReport,
@@ -572,7 +569,6 @@ pub fn select_vmm(config: &VmmConfig) -> Result<Selection, VmmError> {
 fn select_with(config: &VmmConfig, kvm: KvmReport) -> Result<Selection, VmmError> {
     let fc = configured_or_found(&config.firecracker_bin, "firecracker");
     let qemu = configured_or_found(&config.qemu_bin, "qemu-system-x86_64");
-    let vhost = configured_or_found(&config.vhost_vsock_bin, "vhost-device-vsock");
     let kvm_problem = kvm
         .findings
         .iter()
@@ -645,7 +641,6 @@ fn select_with(config: &VmmConfig, kvm: KvmReport) -> Result<Selection, VmmError
         reason,
         firecracker_bin: fc,
         qemu_bin: qemu,
-        vhost_vsock_bin: vhost,
         accel,
         kvm,
         tsc: host_tsc(),
@@ -678,12 +673,6 @@ impl Selection {
             &self.qemu_bin,
             self.kind == VmmKind::Qemu,
             "apt-get install qemu-system-x86",
-        ));
-        out.push(bin(
-            "vhost-device-vsock",
-            &self.vhost_vsock_bin,
-            false,
-            "needed for vsock (guest agent) under qemu: cargo install vhost-device-vsock",
         ));
         out.push(Finding::ok(
             "host TSC",
@@ -794,7 +783,6 @@ mod tests {
             preference: VmmPreference::Auto,
             firecracker_bin: Some(fake.clone()),
             qemu_bin: Some(qemu.clone()),
-            vhost_vsock_bin: None,
         };
         let s = select_with(&cfg, bad_kvm.clone()).expect("select");
         assert_eq!(s.kind, VmmKind::Qemu);

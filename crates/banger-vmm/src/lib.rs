@@ -41,7 +41,9 @@ pub use process::{
 };
 pub use qemu::QemuDriver;
 pub use snapshot::{AfterSnapshot, MemoryMode, RestoreReport, Snapshot, SnapshotManifest};
-pub use spec::{KernelFiles, MacAddr, NetSpec, VmmKind, VmmPreference, VmmSpec, VsockSpec};
+pub use spec::{
+    AgentPortSpec, KernelFiles, MacAddr, NetSpec, VmmKind, VmmPreference, VmmSpec, VsockSpec,
+};
 
 use serde::Serialize;
 
@@ -151,9 +153,7 @@ impl Driver {
                             .into(),
                     )
                 })?;
-                let mut d = QemuDriver::new(bin, sel.accel, sel.tsc.khz);
-                d.vhost_vsock_bin = sel.vhost_vsock_bin.clone();
-                Ok(Driver::Qemu(d))
+                Ok(Driver::Qemu(QemuDriver::new(bin, sel.accel, sel.tsc.khz)))
             }
         }
     }

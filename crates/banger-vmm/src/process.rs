@@ -103,7 +103,8 @@ impl From<std::process::ExitStatus> for ExitInfo {
     }
 }
 
-/// A helper process a VM depends on (e.g. `vhost-device-vsock` for QEMU's vsock).
+/// A helper process a VM depends on (none today; handles of older QEMU VMs named their
+/// `vhost-device-vsock`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelperProcess {
     pub name: String,

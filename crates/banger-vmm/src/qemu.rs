@@ -1,7 +1,9 @@
 //! The QEMU driver: `qemu-system-x86_64 -M microvm`, KVM where KVM runs guests, else TCG;
 //! controlled over QMP; stop = ACPI powerdown, bounded wait, `quit`, then SIGKILL.
-//! Vsock goes through a `vhost-device-vsock` helper that speaks Firecracker's hybrid-vsock
-//! protocol on the host side.
+//! The guest agent's channel is a virtio-serial port on a chardev socket QEMU listens on
+//! (`VmmSpec::agent_port`). It migrates, so these VMs can be snapshotted; vsock is not
+//! offered: without `/dev/vhost-vsock` it needs a vhost-user backend, and QEMU refuses to
+//! migrate a guest with a vhost-user vsock device.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use serde_json::Value;
 
 use crate::error::VmmError;
 use crate::host::Accel;
-use crate::process::{HelperProcess, RunningVmm, VmmHandle, log_tail};
+use crate::process::{RunningVmm, VmmHandle};
 pub use crate::qmp::qmp_command;
 use crate::snapshot::{AfterSnapshot, Snapshot};
 use crate::spec::{VmmKind, VmmSpec, ensure_arg};
@@ -20,8 +22,6 @@ use crate::{Restored, StopMethod, StopOutcome, Vmm};
 
 pub const QMP_SOCKET: &str = "qmp.sock";
 pub const LOG_FILE: &str = "qemu.log";
-pub const VHOST_SOCKET: &str = "vhost.sock";
-pub const VHOST_LOG_FILE: &str = "vhost-device-vsock.log";
 
 /// How often `stop` repeats the ACPI power button press while waiting.
 const POWERDOWN_REPEAT: Duration = Duration::from_secs(5);
@@ -32,12 +32,10 @@ pub struct QemuDriver {
     pub accel: Accel,
     /// Host TSC kHz, passed as `tsc_early_khz=` under TCG (boots hang ~40% without it).
     pub tsc_khz: u64,
-    /// `vhost-device-vsock`, needed only for specs with vsock.
-    pub vhost_vsock_bin: Option<PathBuf>,
     /// `qemu-img` (qemu-utils): O(1) qcow2 overlays for restored VMs' disks, and
     /// flattening them when such a VM is snapshotted. Without it disks are copied.
     pub qemu_img: Option<PathBuf>,
-    /// How long to wait for the QMP socket (and the vsock backend's socket).
+    /// How long to wait for the QMP socket.
     pub socket_timeout: Duration,
     /// How long to wait for `quit` before SIGKILL.
     pub quit_timeout: Duration,
@@ -49,7 +47,6 @@ impl QemuDriver {
             bin,
             accel,
             tsc_khz,
-            vhost_vsock_bin: None,
             qemu_img: crate::host::find_program("qemu-img"),
             socket_timeout: Duration::from_secs(10),
             quit_timeout: Duration::from_secs(3),
@@ -69,11 +66,9 @@ impl QemuDriver {
     /// QEMU's argv for a cold boot (unit-tested). Disks: root first (/dev/vda), then work
     /// (/dev/vdb); each disk's format (raw or a qcow2 overlay) is read from its header.
     pub fn argv(&self, spec: &VmmSpec) -> Result<Vec<OsString>, VmmError> {
-        let memory = match (&spec.memory_file, &spec.vsock) {
-            (Some(f), _) => Memory::SharedFile(f),
-            // vhost-user needs the guest RAM in a shareable fd.
-            (None, Some(_)) => Memory::Memfd,
-            (None, None) => Memory::Anonymous,
+        let memory = match &spec.memory_file {
+            Some(f) => Memory::SharedFile(f),
+            None => Memory::Anonymous,
         };
         self.argv_with(spec, memory)
     }
@@ -146,12 +141,22 @@ impl QemuDriver {
             ]);
         }
         if spec.vsock.is_some() {
-            let vhost = no_comma("vhost socket", &spec.vm_dir.join(VHOST_SOCKET))?;
+            return Err(VmmError::InvalidSpec(
+                "QEMU VMs have no vsock device (vhost-user vsock blocks snapshots); \
+                 give the guest agent an agent_port (virtio-serial) instead"
+                    .into(),
+            ));
+        }
+        if let Some(port) = &spec.agent_port {
+            // microvm has no PCI: the virtio-mmio flavour of the serial bus.
+            let sock = no_comma("agent socket", &port.socket)?;
             a.extend([
-                "-chardev".into(),
-                opt("socket,id=vs0,path=", &vhost),
                 "-device".into(),
-                "vhost-user-vsock-device,chardev=vs0".into(),
+                "virtio-serial-device,max_ports=2".into(),
+                "-chardev".into(),
+                opt("socket,id=agent,server=on,wait=off,path=", &sock),
+                "-device".into(),
+                format!("virtserialport,chardev=agent,name={}", port.name).into(),
             ]);
         }
         let qmp = no_comma("QMP socket", &spec.vm_dir.join(QMP_SOCKET))?;
@@ -167,67 +172,11 @@ impl QemuDriver {
         }
         Ok(a)
     }
-
-    async fn start_vsock_backend(
-        &self,
-        spec: &VmmSpec,
-    ) -> Result<Option<(tokio::process::Child, HelperProcess)>, VmmError> {
-        let Some(v) = &spec.vsock else {
-            return Ok(None);
-        };
-        let bin = self.vhost_vsock_bin.as_ref().ok_or_else(|| {
-            VmmError::Unavailable(
-                "vsock under qemu needs vhost-device-vsock; run `cargo install vhost-device-vsock` \
-                 or configure its path"
-                    .into(),
-            )
-        })?;
-        let sock = spec.vm_dir.join(VHOST_SOCKET);
-        remove_stale(&sock)?;
-        remove_stale(&v.uds_path)?;
-        let sock = no_comma("vhost socket", &sock)?;
-        let uds = no_comma("vsock uds_path", &v.uds_path)?;
-        let mut vm_arg = OsString::from(format!("guest-cid={},socket=", v.guest_cid));
-        vm_arg.push(&sock);
-        vm_arg.push(",uds-path=");
-        vm_arg.push(&uds);
-        let log = spec.vm_dir.join(VHOST_LOG_FILE);
-        let (mut child, identity) = spawn(bin, &["--vm".into(), vm_arg], &log, &log)?;
-        // The backend creates its socket and then waits for QEMU to connect, so only wait
-        // for the file to appear (connecting would consume its one accept).
-        let deadline = Instant::now() + self.socket_timeout;
-        while !sock.exists() {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(VmmError::ExitedEarly {
-                    program: bin.display().to_string(),
-                    exit: status.into(),
-                    log_tail: log_tail(&log, 20),
-                });
-            }
-            if Instant::now() >= deadline {
-                let _ = child.start_kill();
-                return Err(VmmError::SocketTimeout {
-                    program: bin.display().to_string(),
-                    socket: sock,
-                    timeout: self.socket_timeout,
-                    log_tail: log_tail(&log, 20),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(Some((
-            child,
-            HelperProcess {
-                name: "vhost-device-vsock".into(),
-                process: identity,
-            },
-        )))
-    }
 }
 
 impl QemuDriver {
-    /// Spawns the vsock backend (if any) and QEMU with `argv`, and waits for the QMP
-    /// socket. On error nothing is left running.
+    /// Spawns QEMU with `argv` and waits for the QMP socket. On error nothing is left
+    /// running.
     pub(crate) async fn launch(
         &self,
         spec: &VmmSpec,
@@ -237,11 +186,6 @@ impl QemuDriver {
         let qmp = spec.vm_dir.join(QMP_SOCKET);
         let log = spec.vm_dir.join(LOG_FILE);
         remove_stale(&qmp)?;
-        let helper = self.start_vsock_backend(spec).await?;
-        let (helper_children, helpers) = match helper {
-            Some((c, h)) => (vec![c], vec![h]),
-            None => (Vec::new(), Vec::new()),
-        };
         let mut handle = VmmHandle {
             kind: VmmKind::Qemu,
             vm_name: spec.name.clone(),
@@ -253,20 +197,15 @@ impl QemuDriver {
             control_socket: qmp.clone(),
             console_log: spec.console_log.clone(),
             vmm_log: log.clone(),
-            helpers,
+            helpers: Vec::new(),
             memory_file,
         };
         let (child, identity) = match spawn(&self.bin, argv, &log, &log) {
             Ok(x) => x,
-            Err(e) => {
-                RunningVmm::new(handle, None, helper_children)
-                    .stop_helpers()
-                    .await;
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         };
         handle.process = identity;
-        let mut vm = RunningVmm::new(handle, Some(child), helper_children);
+        let mut vm = RunningVmm::new(handle, Some(child), Vec::new());
         let program = self.bin.display().to_string();
         let waited = match vm.child_mut() {
             Some(child) => wait_for_socket(child, &program, &qmp, self.socket_timeout, &log).await,
@@ -280,12 +219,10 @@ impl QemuDriver {
     }
 }
 
-/// Kills a VMM that failed to come up, its helpers, and its sockets.
+/// Kills a VMM that failed to come up and removes its control socket.
 pub(crate) async fn abort(vm: &mut RunningVmm) {
     vm.kill().await;
-    vm.stop_helpers().await;
     let _ = std::fs::remove_file(&vm.handle().control_socket);
-    let _ = std::fs::remove_file(vm.handle().vm_dir.join(VHOST_SOCKET));
 }
 
 /// Where a VM's guest RAM lives.
@@ -293,8 +230,6 @@ pub(crate) async fn abort(vm: &mut RunningVmm) {
 pub(crate) enum Memory<'a> {
     /// Plain anonymous RAM.
     Anonymous,
-    /// A memfd shared with the vhost-user vsock backend.
-    Memfd,
     /// A named file mapped shared (on tmpfs): a snapshot copies it instead of streaming RAM.
     SharedFile(&'a Path),
     /// Restore: a snapshot's RAM file mapped privately (copy-on-write, nothing copied up
@@ -310,7 +245,6 @@ impl Memory<'_> {
             Memory::Anonymous | Memory::Incoming => {
                 format!("memory-backend-ram,id=mem,size={size}").into()
             }
-            Memory::Memfd => format!("memory-backend-memfd,id=mem,size={size},share=on").into(),
             Memory::SharedFile(p) => opt(
                 &format!("memory-backend-file,id=mem,size={size},share=on,mem-path="),
                 &no_comma("memory file", p)?,
@@ -414,9 +348,9 @@ impl Vmm for QemuDriver {
                 }
             }
         };
+        // Handles re-adopted from before QEMU VMs lost vsock may still name a helper.
         vm.stop_helpers().await;
         let _ = std::fs::remove_file(&qmp);
-        let _ = std::fs::remove_file(vm.handle().vm_dir.join(VHOST_SOCKET));
         Ok(outcome)
     }
 
@@ -447,7 +381,7 @@ impl Vmm for QemuDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{KernelFiles, MacAddr, NetSpec, VsockSpec};
+    use crate::spec::{AgentPortSpec, KernelFiles, MacAddr, NetSpec, VsockSpec};
 
     fn spec() -> VmmSpec {
         let mut s = VmmSpec::new(
@@ -485,20 +419,15 @@ mod tests {
         let work = joined.find("id=work").expect("work");
         assert!(root < work, "root disk must come first (/dev/vda)");
         assert!(!joined.contains("netdev"));
-        assert!(!joined.contains("vhost-user-vsock"));
     }
 
     #[test]
-    fn kvm_argv_has_no_tsc_and_net_and_vsock_wire_up() {
+    fn kvm_argv_has_no_tsc_and_a_nic_and_refuses_vsock() {
         let d = QemuDriver::new("/usr/bin/qemu-system-x86_64".into(), Accel::Kvm, 2_000_000);
         let mut s = spec();
         s.net = Some(NetSpec {
             tap: "bgr-tap0".into(),
             mac: MacAddr::derive("web-1"),
-        });
-        s.vsock = Some(VsockSpec {
-            guest_cid: 3,
-            uds_path: "/var/lib/banger/vms/web-1/v.sock".into(),
         });
         let a = args(&d, &s);
         let joined = a.join(" ");
@@ -507,8 +436,12 @@ mod tests {
         assert!(joined.contains("tap,id=net0,ifname=bgr-tap0,script=no,downscript=no"));
         assert!(joined.contains(&format!("mac={}", MacAddr::derive("web-1"))));
         assert!(joined.contains("microvm,memory-backend=mem"));
-        assert!(joined.contains("memory-backend-memfd,id=mem,size=1024M,share=on"));
-        assert!(joined.contains("vhost-user-vsock-device,chardev=vs0"));
+        s.vsock = Some(VsockSpec {
+            guest_cid: 3,
+            uds_path: "/var/lib/banger/vms/web-1/v.sock".into(),
+        });
+        let err = d.argv(&s).expect_err("vsock under QEMU");
+        assert!(err.to_string().contains("agent_port"), "{err}");
     }
 
     #[test]
@@ -557,6 +490,35 @@ mod tests {
         let joined = args(&d, &s).join(" ");
         assert!(joined.contains("format=qcow2,id=root"), "{joined}");
         assert!(joined.contains("format=raw,id=work"), "{joined}");
+    }
+
+    #[test]
+    fn the_agent_port_is_a_virtio_serial_port_on_a_listening_chardev() {
+        let d = QemuDriver::new("/usr/bin/qemu-system-x86_64".into(), Accel::Tcg, 1);
+        let mut s = spec();
+        assert!(!args(&d, &s).join(" ").contains("virtserialport"));
+        s.agent_port = Some(AgentPortSpec {
+            socket: "/var/lib/banger/vms/web-1/agent.sock".into(),
+            name: "banger.agent".into(),
+        });
+        let joined = args(&d, &s).join(" ");
+        assert!(joined.contains("-device virtio-serial-device"), "{joined}");
+        assert!(
+            joined.contains(
+                "-chardev socket,id=agent,server=on,wait=off,path=/var/lib/banger/vms/web-1/agent.sock"
+            ),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("-device virtserialport,chardev=agent,name=banger.agent"),
+            "{joined}"
+        );
+        assert!(!joined.contains("vhost-user"), "no vsock backend needed");
+        s.agent_port = Some(AgentPortSpec {
+            socket: "/tmp/a,b/agent.sock".into(),
+            name: "banger.agent".into(),
+        });
+        assert!(matches!(d.argv(&s), Err(VmmError::InvalidSpec(_))));
     }
 
     #[test]

@@ -140,6 +140,16 @@ pub struct VsockSpec {
     pub uds_path: PathBuf,
 }
 
+/// A virtio-serial port for the guest agent (QEMU; Firecracker has no virtio-serial and
+/// uses vsock). QEMU listens on `socket` (`-chardev socket,server=on,wait=off`); the guest
+/// sees the port as `/dev/virtio-ports/<name>`. Unlike vhost-user vsock, it migrates, so
+/// such a VM can be snapshotted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentPortSpec {
+    pub socket: PathBuf,
+    pub name: String,
+}
+
 /// Everything a driver needs to start one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmmSpec {
@@ -158,6 +168,9 @@ pub struct VmmSpec {
     /// Becomes /dev/vdb (mounted at /root by the guest).
     pub work_disk: Option<PathBuf>,
     pub net: Option<NetSpec>,
+    /// QEMU: the agent's virtio-serial port. Firecracker ignores it.
+    #[serde(default)]
+    pub agent_port: Option<AgentPortSpec>,
     pub vsock: Option<VsockSpec>,
     /// Where the guest's serial console goes (appended to across boots).
     pub console_log: PathBuf,
@@ -183,6 +196,7 @@ impl VmmSpec {
             root_disk: root_disk.to_path_buf(),
             work_disk: None,
             net: None,
+            agent_port: None,
             vsock: None,
             console_log: vm_dir.join("console.log"),
             memory_file: None,
@@ -226,10 +240,11 @@ impl VmmSpec {
         // sun_path holds 107 bytes + NUL; longer socket paths fail at bind time with an
         // unhelpful EINVAL, so refuse them here. Guest-initiated vsock connections land on
         // `<uds_path>_<port>` (up to 11 more bytes).
-        let longest = ["fc.sock", "qmp.sock", "vhost.sock"]
+        let longest = ["fc.sock", "qmp.sock"]
             .iter()
             .map(|f| self.vm_dir.join(f).as_os_str().len())
             .chain(self.vsock.iter().map(|v| v.uds_path.as_os_str().len() + 11))
+            .chain(self.agent_port.iter().map(|p| p.socket.as_os_str().len()))
             .max()
             .unwrap_or(0);
         if longest > 107 {
@@ -237,6 +252,19 @@ impl VmmSpec {
                 "VM directory {} is too deep: its Unix socket paths would exceed 107 bytes; \
                  use a shorter state/runtime directory",
                 self.vm_dir.display()
+            ));
+        }
+        if let Some(p) = &self.agent_port
+            && (p.name.is_empty()
+                || p.name.len() > 64
+                || !p
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)))
+        {
+            return bad(format!(
+                "agent port name {:?} must be 1-64 characters of letters, digits, '.', '_' and '-'",
+                p.name
             ));
         }
         if let Some(v) = &self.vsock
@@ -312,6 +340,26 @@ mod tests {
         VmmSpec::new("vm", dir.path(), KernelFiles::default(), &root)
             .validate()
             .expect("short path is fine");
+    }
+
+    #[test]
+    fn agent_port_names_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        std::fs::write(&root, b"").expect("write");
+        let mut spec = VmmSpec::new("vm", dir.path(), KernelFiles::default(), &root);
+        for (name, ok) in [
+            ("banger.agent", true),
+            ("", false),
+            ("a,b", false),
+            ("a b", false),
+        ] {
+            spec.agent_port = Some(AgentPortSpec {
+                socket: dir.path().join("agent.sock"),
+                name: name.into(),
+            });
+            assert_eq!(spec.validate().is_ok(), ok, "{name:?}");
+        }
     }
 
     #[test]

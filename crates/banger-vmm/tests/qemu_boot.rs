@@ -4,21 +4,18 @@
 //! Everything runs inside a network namespace the test creates: create disks → start →
 //! console shows multi-user reached (marker unit, with the root and work devices) →
 //! graceful stop → start again with a virtio-net NIC on a tap in that namespace (ping the
-//! guest, check its MAC) and vsock when vhost-device-vsock is installed (host→guest CONNECT
-//! through the hybrid-vsock protocol) → stop → no processes or sockets left behind.
+//! guest, check its MAC) and the agent's virtio-serial port (QEMU listens on its chardev
+//! socket) → stop → no processes or sockets left behind.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use banger_testkit::guest::{
-    GUEST_HOSTNAME, GUEST_IP, GUEST_PEER_CIDR, READY_MARKER, VSOCK_ECHO_PORT,
-};
+use banger_testkit::guest::{GUEST_IP, GUEST_PEER_CIDR, READY_MARKER};
 use banger_testkit::netns::TestNetns;
 use banger_vmm::{
-    KernelFiles, MacAddr, NetSpec, QemuDriver, RunningVmm, StopMethod, Vmm, VmmConfig, VmmKind,
-    VmmPreference, VmmSpec, VsockSpec, clone_disk, create_work_disk, select_vmm,
+    AgentPortSpec, KernelFiles, MacAddr, NetSpec, QemuDriver, RunningVmm, StopMethod, Vmm,
+    VmmConfig, VmmKind, VmmPreference, VmmSpec, clone_disk, create_work_disk, select_vmm,
 };
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -59,25 +56,6 @@ async fn wait_ready(vm: &mut RunningVmm, console: &Path, n: usize) -> String {
     }
 }
 
-/// Host→guest vsock: `CONNECT <port>\n`, expect `OK `, then the guest's socat reply.
-async fn vsock_roundtrip(uds: &Path) -> Result<String, String> {
-    let mut s = tokio::net::UnixStream::connect(uds)
-        .await
-        .map_err(|e| format!("connect {}: {e}", uds.display()))?;
-    s.write_all(format!("CONNECT {VSOCK_ECHO_PORT}\n").as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut r = BufReader::new(s);
-    let mut ok = String::new();
-    r.read_line(&mut ok).await.map_err(|e| e.to_string())?;
-    if !ok.starts_with("OK ") {
-        return Err(format!("expected OK, got {ok:?}"));
-    }
-    let mut reply = String::new();
-    r.read_line(&mut reply).await.map_err(|e| e.to_string())?;
-    Ok(reply.trim().to_string())
-}
-
 // current_thread: the test thread enters the test netns, and the VMMs it spawns live there.
 #[tokio::test(flavor = "current_thread")]
 async fn debian_guest_boots_stops_and_boots_again_under_qemu() {
@@ -113,8 +91,7 @@ async fn debian_guest_boots_stops_and_boots_again_under_qemu() {
     eprintln!("root disk cloned by {method:?}");
     create_work_disk(&work, 256 << 20).expect("work disk");
 
-    let mut driver = QemuDriver::new(sel.qemu_bin.clone().expect("qemu"), sel.accel, sel.tsc.khz);
-    driver.vhost_vsock_bin = sel.vhost_vsock_bin.clone();
+    let driver = QemuDriver::new(sel.qemu_bin.clone().expect("qemu"), sel.accel, sel.tsc.khz);
     let kernel = KernelFiles {
         vmlinux: None,
         vmlinuz: Some(guest.vmlinuz.clone()),
@@ -127,7 +104,7 @@ async fn debian_guest_boots_stops_and_boots_again_under_qemu() {
     spec.memory_mib = 1024;
     let console = spec.console_log.clone();
 
-    // First boot: no network, no vsock.
+    // First boot: no network, no agent port.
     let t0 = Instant::now();
     let mut vm = driver
         .start(&spec)
@@ -159,18 +136,12 @@ async fn debian_guest_boots_stops_and_boots_again_under_qemu() {
     assert!(!handle.process.is_alive());
     assert!(!handle.control_socket.exists(), "QMP socket left behind");
 
-    // Second boot from the same disks, with vsock when the backend is installed.
-    let vsock = sel.vhost_vsock_bin.is_some();
-    if vsock {
-        spec.vsock = Some(VsockSpec {
-            guest_cid: 3,
-            uds_path: vm_dir.join("v.sock"),
-        });
-    } else {
-        eprintln!(
-            "NOTE: vhost-device-vsock not installed (cargo install vhost-device-vsock); second boot without vsock"
-        );
-    }
+    // Second boot from the same disks, with the agent's virtio-serial port.
+    let agent_sock = vm_dir.join("agent.sock");
+    spec.agent_port = Some(AgentPortSpec {
+        socket: agent_sock.clone(),
+        name: "banger.agent".into(),
+    });
     // A tap inside the test namespace, with the host side addressed; the test guest's
     // systemd-networkd gives its NIC the other address of the /30.
     let tap = "bgt0";
@@ -215,25 +186,14 @@ async fn debian_guest_boots_stops_and_boots_again_under_qemu() {
         "guest MAC {mac} not seen on the tap: {neigh}"
     );
     eprintln!("guest answers ping on the tap with MAC {mac}");
-    if let Some(v) = &spec.vsock {
-        // socat may start a moment after the marker; retry briefly.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let reply = loop {
-            match vsock_roundtrip(&v.uds_path).await {
-                Ok(r) => break r,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("vsock not ready yet: {e}");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => panic!(
-                    "vsock round trip failed: {e}\nconsole:\n{}",
-                    console_tail(&console)
-                ),
-            }
-        };
-        assert_eq!(reply, GUEST_HOSTNAME);
-        eprintln!("vsock host->guest round trip OK");
-    }
+    // QEMU accepted the port on microvm and listens on its chardev (one client at a time).
+    let conn = std::os::unix::net::UnixStream::connect(&agent_sock);
+    assert!(
+        conn.is_ok(),
+        "QEMU does not listen on {}: {conn:?}",
+        agent_sock.display()
+    );
+    drop(conn);
     let handle = vm.handle().clone();
     let out = driver
         .stop(&mut vm, Duration::from_secs(60))
@@ -250,4 +210,5 @@ async fn debian_guest_boots_stops_and_boots_again_under_qemu() {
         assert!(!h.process.is_alive(), "{} still running after stop", h.name);
     }
     assert!(!handle.process.is_alive());
+    assert!(!agent_sock.exists(), "agent socket left behind");
 }

@@ -89,7 +89,6 @@ pub fn run_checks(config: &Config, home: &Path) -> DoctorReport {
         },
         firecracker_bin: home_cfg(&config.firecracker_bin),
         qemu_bin: home_cfg(&config.qemu_bin),
-        vhost_vsock_bin: None,
     };
     let configured = config.vmm_choice().value.to_string();
     let mut emulated = false;

@@ -2,7 +2,7 @@
 //! inside a network namespace this test creates (and removes), guests boot
 //! under the qemu driver (TCG here), and the CLI drives everything the way a
 //! user would. Skips with a message where it cannot run (not root, no qemu,
-//! no vhost-device-vsock, no mmdebstrap).
+//! no mmdebstrap).
 //!
 //! One test function on purpose: the daemon, the image and the guests are
 //! expensive, and the scenarios below run in order against them.
@@ -277,7 +277,7 @@ fn real_guests_end_to_end() {
         reason.contains("exited unexpectedly") && reason.contains("console tail"),
         "{reason}"
     );
-    // and its helpers (the vsock backend) do not outlive it
+    // and its helpers (if the VMM has any) do not outlive it
     let deadline = Instant::now() + Duration::from_secs(20);
     // SAFETY: signal 0 only checks whether our daemon's helper still exists.
     while helper_pids

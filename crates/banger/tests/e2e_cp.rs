@@ -1,7 +1,7 @@
 //! `banger vm cp` against a real guest, both directions: the same harness as
 //! e2e.rs (its own network namespace, root helper and daemon, the cached
 //! minimal image with the static agent). Skips with a message where it
-//! cannot run (not root, no qemu, no vhost-device-vsock, no mmdebstrap).
+//! cannot run (not root, no qemu, no mmdebstrap).
 
 mod common;
 

@@ -13,6 +13,7 @@
 //! - [`watch`]: the watcher of a running VMM, and re-adoption;
 //! - [`network`]: the VM's host networking through the root helper.
 
+pub mod agent;
 pub mod create;
 pub mod network;
 pub mod start;
@@ -47,6 +48,15 @@ pub struct Slot {
     pub op: Mutex<()>,
     pub vmm: Mutex<Option<RunningVmm>>,
     pub ready: tokio::sync::watch::Sender<ReadyState>,
+    /// How to reach the running VM's agent (see [`agent`]).
+    pub agent: std::sync::Mutex<Option<agent::AgentLink>>,
+}
+
+impl Slot {
+    /// Sets (or with `None` drops, removing a QEMU VM's gateway) the link.
+    pub(crate) fn set_agent(&self, link: Option<agent::AgentLink>) {
+        *self.agent.lock().unwrap_or_else(|p| p.into_inner()) = link;
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,6 +1,6 @@
-//! Starting VMs: the VMM spec (kernel, boot arguments, disks, NIC,
-//! vsock), the boot itself with rollback when it fails, and the guest's
-//! readiness (the agent announcing itself, then systemd finishing the boot).
+//! Starting VMs: the VMM spec (kernel, boot arguments, disks, NIC, the
+//! agent's channel), the boot itself with rollback when it fails, and the
+//! guest's readiness (the agent answering, then systemd finishing the boot).
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use banger_proto::VmState;
 use banger_store::VmRecord;
-use banger_vmm::{Driver, KernelFiles, Vmm, VmmSpec, VsockSpec};
+use banger_vmm::{Driver, KernelFiles, Vmm, VmmSpec};
 
 use super::state::{Applied, Op};
 use super::warm_start::Started;
-use super::{GUEST_CID, READY_TIMEOUT, ReadyState, Slot, extra_of, ipv4};
+use super::{READY_TIMEOUT, ReadyState, Slot, agent, extra_of, ipv4};
 use crate::{Daemon, DaemonError};
 
 impl Daemon {
@@ -101,6 +101,7 @@ impl Daemon {
                 tracing::warn!(vm = %name, "cannot stop the VMM of a failed start: {e}");
             }
         }
+        slot.set_agent(None);
         self.vm_dir(name).remove_handle();
         let _ = self.store.set_vm_process(name, None, None);
         if let Err(e) = self.teardown_network(rec).await {
@@ -133,7 +134,7 @@ impl Daemon {
             &name,
             &serde_json::to_string(&extra).unwrap_or_else(|_| "{}".into()),
         )?;
-        let vsock_path = dir.vsock();
+        let (vsock, agent_port) = agent::agent_devices(driver.kind(), &dir);
         let mut spec = VmmSpec {
             name: name.clone(),
             vm_dir: dir.path().to_path_buf(),
@@ -148,10 +149,8 @@ impl Daemon {
             root_disk: dir.root_disk(),
             work_disk: Some(dir.work_disk()),
             net,
-            vsock: self.agent_enabled(&driver).then(|| VsockSpec {
-                guest_cid: GUEST_CID,
-                uds_path: vsock_path.clone(),
-            }),
+            agent_port,
+            vsock,
             console_log: dir.console_log(),
             memory_file: None,
         };
@@ -161,16 +160,7 @@ impl Daemon {
         {
             spec.memory_file = Some(self.memory_file(&name)?);
         }
-        let listener = match &spec.vsock {
-            Some(v) => Some(
-                banger_agent::client::ReadinessListener::bind(
-                    &v.uds_path,
-                    banger_proto::agent::READY_PORT,
-                )
-                .map_err(DaemonError::internal)?,
-            ),
-            None => None,
-        };
+        let readiness = agent::prepare(driver.kind(), &dir)?;
         slot.ready.send_replace(ReadyState::Waiting);
         let (running, restored) = match self.start_or_restore(rec, &driver, &mut spec).await? {
             Started::Booted(vm) => (vm, None),
@@ -190,6 +180,9 @@ impl Daemon {
             let _ = self.dns_names.set(&name, ip);
         }
         tracing::info!(vm = %name, pid = handle.process.pid, vmm = %driver.kind(), "started");
+        let link = agent::link(driver.kind(), &dir)?;
+        let ready = link.ready(readiness, READY_TIMEOUT, &name);
+        slot.set_agent(Some(link));
         if restored.is_some() {
             // start_or_restore gave it its identity already.
             slot.ready.send_replace(ReadyState::Ready);
@@ -202,59 +195,44 @@ impl Daemon {
             driver.clone(),
             spec.clone(),
         );
-        match listener {
-            Some(l) => {
-                let slot = Arc::clone(slot);
-                let vm = name.clone();
-                let probe = crate::readiness::Probe::new(
-                    &name,
-                    &dir,
-                    ipv4(rec).filter(|_| self.network.attaches()),
-                    &self.paths.known_hosts(),
-                );
-                let started = std::time::Instant::now();
-                tokio::spawn(async move {
-                    let state = match l.wait(READY_TIMEOUT, &vm).await {
-                        Ok(h) => {
-                            tracing::info!(vm = %vm, agent = %h.agent_version, "guest agent up");
-                            // The agent starts early in boot; "ready" is what
-                            // the user's next step needs, checked.
-                            match probe.run().await {
-                                Ok(()) => {
-                                    // Before readiness: nothing of the user's is in it yet.
-                                    let (d, rec, driver, spec) = &warm;
-                                    d.make_warm_if_missing(rec, &slot, driver, spec).await;
-                                    let secs = started.elapsed().as_secs_f64();
-                                    tracing::info!(vm = %vm, secs, "guest ready");
-                                    ReadyState::Ready
-                                }
-                                Err(why) => {
-                                    tracing::warn!(vm = %vm, "{why}");
-                                    ReadyState::Failed(why)
-                                }
+        {
+            let slot = Arc::clone(slot);
+            let vm = name.clone();
+            let probe = crate::readiness::Probe::new(
+                &name,
+                &dir,
+                ipv4(rec).filter(|_| self.network.attaches()),
+                &self.paths.known_hosts(),
+            );
+            let started = std::time::Instant::now();
+            tokio::spawn(async move {
+                let state = match ready.await {
+                    Ok(h) => {
+                        tracing::info!(vm = %vm, agent = %h.agent_version, "guest agent up");
+                        // The agent starts early in boot; "ready" is what
+                        // the user's next step needs, checked.
+                        match probe.run().await {
+                            Ok(()) => {
+                                // Before readiness: nothing of the user's is in it yet.
+                                let (d, rec, driver, spec) = &warm;
+                                d.make_warm_if_missing(rec, &slot, driver, spec).await;
+                                let secs = started.elapsed().as_secs_f64();
+                                tracing::info!(vm = %vm, secs, "guest ready");
+                                ReadyState::Ready
+                            }
+                            Err(why) => {
+                                tracing::warn!(vm = %vm, "{why}");
+                                ReadyState::Failed(why)
                             }
                         }
-                        Err(e) => ReadyState::Failed(e.to_string()),
-                    };
-                    slot.ready.send_replace(state);
-                });
-            }
-            None => {
-                slot.ready.send_replace(ReadyState::Failed(
-                    "this VM has no guest agent channel (vsock unavailable on this host; see `banger doctor`)".into(),
-                ));
-            }
+                    }
+                    Err(e) => ReadyState::Failed(e.message),
+                };
+                slot.ready.send_replace(state);
+            });
         }
         self.watch(name, Arc::clone(slot));
         Ok(())
-    }
-
-    /// Whether VMs get a vsock device (and so the guest agent channel).
-    fn agent_enabled(&self, driver: &Driver) -> bool {
-        match driver {
-            Driver::Firecracker(_) => true,
-            Driver::Qemu(q) => q.vhost_vsock_bin.is_some(),
-        }
     }
 
     /// Waits until the guest agent is ready, or fails with why.

@@ -41,7 +41,8 @@ impl Daemon {
         if let Some(mut vm) = guard.take() {
             let kind = vm.handle().kind;
             if !discard && *slot.ready.borrow() == ReadyState::Ready {
-                let client = banger_agent::client::AgentClient::hybrid(self.vm_dir(name).vsock())
+                let client = self
+                    .agent_client(name)
                     .with_connect_timeout(Duration::from_secs(3));
                 match tokio::time::timeout(Duration::from_secs(5), client.shutdown()).await {
                     Ok(Ok(())) => {
@@ -66,7 +67,10 @@ impl Daemon {
                 Err(e) => Err(e),
             };
             match stopped {
-                Ok(outcome) => tracing::info!(vm = %name, method = ?outcome.method, "stopped"),
+                Ok(outcome) => {
+                    slot.set_agent(None);
+                    tracing::info!(vm = %name, method = ?outcome.method, "stopped");
+                }
                 Err(e) => {
                     // It still runs: keep it (the watcher still watches)
                     // and say so; a later stop tries again.

@@ -27,6 +27,7 @@ impl Daemon {
                     let kind = vm.handle().kind;
                     let mut dead = guard.take();
                     drop(guard);
+                    slot.set_agent(None);
                     // The VMM is gone but its helpers (the vsock backend)
                     // and control sockets are not: the driver's stop of an
                     // exited VMM cleans those up.
@@ -79,12 +80,25 @@ impl Daemon {
                 Adoption::Alive(vm) => {
                     tracing::info!(vm = %rec.name, pid = vm.pid(), "re-adopted running VM");
                     let slot = self.slots.get(&rec.name);
+                    let kind = vm.handle().kind;
                     *slot.vmm.lock().await = Some(*vm);
                     // The agent announced itself to the previous daemon; ask it directly.
-                    let client = banger_agent::client::AgentClient::hybrid(dir.vsock())
-                        .with_connect_timeout(Duration::from_secs(2));
-                    let ready = tokio::time::timeout(Duration::from_secs(3), client.ping()).await;
-                    slot.ready.send_replace(if matches!(ready, Ok(Ok(_))) {
+                    let answered = match super::agent::link(kind, &dir) {
+                        Ok(link) => {
+                            let client = link.client().with_connect_timeout(Duration::from_secs(2));
+                            slot.set_agent(Some(link));
+                            let ping = client.ping();
+                            matches!(
+                                tokio::time::timeout(Duration::from_secs(3), ping).await,
+                                Ok(Ok(_))
+                            )
+                        }
+                        Err(e) => {
+                            tracing::warn!(vm = %rec.name, "{}", e.message);
+                            false
+                        }
+                    };
+                    slot.ready.send_replace(if answered {
                         ReadyState::Ready
                     } else {
                         ReadyState::Failed(

@@ -183,6 +183,7 @@ fn minimal_image_build() {
         "virtio_blk.ko",
         "virtio_net.ko",
         "vmw_vsock_virtio_transport.ko",
+        "virtio_console.ko",
     ] {
         assert!(listing.iter().any(|n| n.ends_with(m)), "{m} not in initrd");
     }

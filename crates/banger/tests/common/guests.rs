@@ -33,14 +33,7 @@ pub fn skip_reason(extra_tools: &[&str]) -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root (network namespace, bridge, taps)".into());
     }
-    let base = [
-        "qemu-system-x86_64",
-        "vhost-device-vsock",
-        "mmdebstrap",
-        "ip",
-        "nft",
-        "debugfs",
-    ];
+    let base = ["qemu-system-x86_64", "mmdebstrap", "ip", "nft", "debugfs"];
     for tool in base.iter().chain(extra_tools) {
         if which(tool).is_none() {
             return Some(format!(
