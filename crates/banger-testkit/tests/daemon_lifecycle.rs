@@ -167,6 +167,11 @@ async fn create_start_stop_restart_delete() {
         "handle written for re-adoption"
     );
     assert_eq!(w.net.live_taps(), vec![banger_net::tap_name("a")]);
+    let ip: std::net::IpAddr = rec.ip.as_deref().expect("leased").parse().expect("ip");
+    assert!(
+        w.d.dns_clients.allows(ip),
+        "an egress VM's names outside .vm are forwarded"
+    );
     assert!(
         calls(&dir).iter().any(|c| c.contains("InstanceStart")),
         "{:?}",
@@ -179,6 +184,7 @@ async fn create_start_stop_restart_delete() {
     assert_eq!((rec.state, rec.reason.as_deref()), (VmState::Stopped, None));
     assert!(calls(&dir).iter().any(|c| c.contains("SendCtrlAltDel")));
     assert_nothing_running(&w, "a", Some(pid));
+    assert!(!w.d.dns_clients.allows(ip), "forwarding ends with the VM");
     // Stopping a stopped VM changes nothing.
     assert_eq!(
         w.d.stop_vm("a").await.expect("again").state,
@@ -215,6 +221,24 @@ async fn create_start_stop_restart_delete() {
         .filter(|c| matches!(c, NetCall::Teardown { .. }))
         .count();
     assert_eq!((setups, teardowns), (3, 3), "{:?}", w.net.calls());
+
+    // A VM without egress gets REFUSED for outside names: no DNS tunnel.
+    let (rec, _) =
+        w.d.create_vm(CreateVmRequest {
+            name: Some("closed".into()),
+            image: Some("tiny".into()),
+            disk_bytes: Some(256 << 20),
+            ssh_public_key: Some(KEY.into()),
+            egress: Some(banger_proto::EgressPolicy::None),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("create closed: {}", e.message));
+    write_fake_config(&w.d.vm_dir("closed"), &FakeFirecrackerConfig::default()).expect("fake");
+    let ip: std::net::IpAddr = rec.ip.as_deref().expect("leased").parse().expect("ip");
+    w.d.start_vm("closed").await.expect("start closed");
+    assert!(!w.d.dns_clients.allows(ip), "no forwarding for egress none");
+    w.d.delete_vm("closed").await.expect("delete closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,6 +318,11 @@ fn a_restarted_daemon_readopts_live_vmms_and_records_dead_ones() {
         d.readopt().await.expect("readopt");
         let rec = d.store.get_vm("live").expect("live");
         assert_eq!((rec.state, rec.pid), (VmState::Running, Some(live)));
+        let ip: std::net::IpAddr = rec.ip.as_deref().expect("leased").parse().expect("ip");
+        assert!(
+            d.dns_clients.allows(ip),
+            "a re-adopted egress VM keeps its DNS forwarding"
+        );
         let rec = d.store.get_vm("dead").expect("dead");
         assert_eq!(rec.state, VmState::Stopped);
         assert!(

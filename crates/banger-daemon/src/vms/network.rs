@@ -39,6 +39,7 @@ impl Daemon {
             .parse()
             .map_err(|e: banger_vmm::VmmError| DaemonError::internal(e.to_string()))?;
         self.network.setup(&wiring).await?;
+        self.forward_dns_for(rec);
         Ok(Some(NetSpec {
             tap: wiring.tap,
             mac,
@@ -47,6 +48,9 @@ impl Daemon {
 
     /// Removes the VM's tap (the one recorded at its last start).
     pub(crate) async fn teardown_network(&self, rec: &VmRecord) -> Result<(), DaemonError> {
+        if let Some(ip) = ipv4(rec) {
+            self.dns_clients.revoke(ip.into());
+        }
         if !self.network.attaches() {
             return Ok(());
         }
@@ -54,5 +58,20 @@ impl Daemon {
             .tap
             .unwrap_or_else(|| banger_net::tap_name(&rec.name));
         self.network.teardown(&rec.name, &tap).await
+    }
+
+    /// Lets banger's DNS server relay names outside `.vm` for this VM when
+    /// its egress is open (also after a re-adoption: the set lives in the
+    /// daemon's memory). A `none` VM keeps getting REFUSED, so it cannot
+    /// tunnel out through DNS; an `allow:` VM too until the forwarder
+    /// filters by name.
+    pub(crate) fn forward_dns_for(&self, rec: &VmRecord) {
+        if let Some(ip) = ipv4(rec) {
+            if egress_of(rec) == banger_proto::EgressPolicy::All {
+                self.dns_clients.allow(ip.into());
+            } else {
+                self.dns_clients.revoke(ip.into());
+            }
+        }
     }
 }

@@ -109,6 +109,9 @@ impl Daemon {
                     if let Some(ip) = ipv4(&rec) {
                         let _ = self.dns_names.set(&rec.name, ip);
                     }
+                    if self.network.attaches() {
+                        self.forward_dns_for(&rec);
+                    }
                     self.watch(rec.name.clone(), slot);
                 }
                 Adoption::Gone { reason } => {
