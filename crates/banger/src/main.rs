@@ -9,6 +9,7 @@ mod cmd;
 mod completion;
 mod doctor;
 mod doctor_egress;
+mod terminal;
 mod workspace;
 
 use std::process::ExitCode;

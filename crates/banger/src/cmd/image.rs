@@ -4,12 +4,13 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use banger_core::size::format_size;
-use banger_proto::{ImageInfo, KernelInfo, PullEvent, PullProgress};
+use banger_proto::{ImageInfo, KernelInfo, PullEvent};
 
 use crate::api_path;
 use crate::cli::{ImageCommand, KernelCommand};
 use crate::client::{Client, ClientError};
 use crate::output;
+use crate::terminal::ProgressView;
 
 /// The daemon resolves paths itself; relative ones would mean its cwd.
 fn absolute(p: &std::path::Path) -> anyhow::Result<String> {
@@ -300,65 +301,4 @@ pub(crate) async fn pull(
             unavailable: false,
         })
     })
-}
-
-/// Draws pull progress: an indicatif bar when stderr is a terminal, plain
-/// lines (one per phase and file) otherwise.
-pub(crate) struct ProgressView {
-    bar: Option<indicatif::ProgressBar>,
-    last: String,
-}
-
-impl ProgressView {
-    pub(crate) fn new(name: &str) -> Self {
-        use std::io::IsTerminal;
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new(0);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg:30} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            b.set_message(format!("pulling {name}"));
-            b
-        });
-        ProgressView {
-            bar,
-            last: String::new(),
-        }
-    }
-
-    pub(crate) fn update(&mut self, p: &PullProgress) {
-        let key = format!("{} {}", p.phase, p.file);
-        match &self.bar {
-            Some(b) => {
-                b.set_length(p.total);
-                b.set_position(p.done);
-                if key != self.last {
-                    b.set_message(key.clone());
-                }
-            }
-            None if key != self.last => eprintln!(
-                "{key} ({} of {})",
-                format_size(p.done),
-                format_size(p.total)
-            ),
-            None => {}
-        }
-        self.last = key;
-    }
-
-    pub(crate) fn finish(&mut self) {
-        if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
-        }
-    }
-}
-
-impl Drop for ProgressView {
-    fn drop(&mut self) {
-        self.finish();
-    }
 }

@@ -1,10 +1,8 @@
 //! One module per command group.
 
 mod config;
-mod cp;
 mod image;
 mod oci;
-mod run;
 mod ssh;
 mod ssh_config;
 mod system;

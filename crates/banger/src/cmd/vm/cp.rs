@@ -29,9 +29,9 @@ use banger_agent::client::AgentClient;
 use banger_proto::agent::ExecRequest;
 use tar::EntryType;
 
+use super::ready::{agent_for, wait_running};
 use crate::cli::VmCpArgs;
 use crate::client::Client;
-use crate::cmd::run::{agent_for, wait_running};
 
 /// One side of a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]

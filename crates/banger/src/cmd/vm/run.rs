@@ -1,63 +1,25 @@
-//! `banger vm run`, `vm ssh`, `vm logs`, `vm exec`: the main job.
+//! `banger vm run`: the main job — the image made present, the VM created
+//! and started, the workspace shipped in, then a command, an ssh session or
+//! a shell through the agent.
 
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use banger_agent::client::AgentClient;
-use banger_proto::agent::{ExecRequest, TtySize};
+use banger_proto::agent::ExecRequest;
 use banger_proto::{CreateVmResponse, VmInfo};
 
+use super::exec::exec_streaming;
+use super::ready::{READY_SECS, agent_for, sshd_listening};
+use super::request;
 use crate::api_path;
-use crate::cli::{VmExecArgs, VmLogsArgs, VmRunArgs, VmSshArgs};
+use crate::cli::VmRunArgs;
 use crate::client::Client;
-use crate::cmd::{ssh, vm};
+use crate::cmd::ssh;
+use crate::terminal::{Phases, ProgressView};
 use crate::workspace::{self, Source};
-
-/// How long `vm run` waits for the guest to come up (TCG boots are slow).
-const READY_SECS: u64 = 300;
-
-/// Phase timings for `--timings`, and progress lines on a terminal.
-struct Phases {
-    start: Instant,
-    last: Instant,
-    done: Vec<(&'static str, Duration)>,
-    show: bool,
-}
-
-impl Phases {
-    fn new() -> Self {
-        let now = Instant::now();
-        Phases {
-            start: now,
-            last: now,
-            done: Vec::new(),
-            show: std::io::stderr().is_terminal(),
-        }
-    }
-    fn begin(&mut self, what: &str) {
-        if self.show {
-            eprintln!("{} {what}…", crate::output::paint_err("▸", "36"));
-        }
-        self.last = Instant::now();
-    }
-    fn end(&mut self, phase: &'static str) {
-        self.done.push((phase, self.last.elapsed()));
-        self.last = Instant::now();
-    }
-    fn print(&self) {
-        for (p, d) in &self.done {
-            eprintln!("timing: {p:<8} {:>7.2}s", d.as_secs_f64());
-        }
-        eprintln!(
-            "timing: {:<8} {:>7.2}s",
-            "total",
-            self.start.elapsed().as_secs_f64()
-        );
-    }
-}
 
 /// Makes image `name` present through the daemon (`POST /v1/images/ensure`:
 /// the catalog first, a local build of the default image when the catalog
@@ -67,7 +29,7 @@ async fn ensure_image(client: &Client, name: &str, phases: &mut Phases) -> anyho
     let req = banger_proto::EnsureImageRequest {
         name: name.to_string(),
     };
-    let mut view: Option<super::image::ProgressView> = None;
+    let mut view: Option<ProgressView> = None;
     let mut result: Option<anyhow::Result<()>> = None;
     client
         .post_lines(
@@ -89,7 +51,7 @@ async fn ensure_image(client: &Client, name: &str, phases: &mut Phases) -> anyho
                     eprintln!("banger: {message}");
                 }
                 Ok(EnsureEvent::Progress { progress }) => view
-                    .get_or_insert_with(|| super::image::ProgressView::new(name))
+                    .get_or_insert_with(|| ProgressView::new(name))
                     .update(&progress),
                 Ok(EnsureEvent::Done { image, source }) => {
                     if let Some(mut v) = view.take() {
@@ -117,16 +79,6 @@ async fn ensure_image(client: &Client, name: &str, phases: &mut Phases) -> anyho
     result.unwrap_or_else(|| {
         bail!("bangerd ended the image check without saying how it went; see its log")
     })
-}
-
-pub(crate) fn agent_for(vm: &VmInfo) -> anyhow::Result<AgentClient> {
-    let path = vm.vsock_path.as_deref().with_context(|| {
-        format!(
-            "VM {} has no guest agent channel (is it running? see `banger vm show {}`)",
-            vm.name, vm.name
-        )
-    })?;
-    Ok(AgentClient::hybrid(path).with_connect_timeout(Duration::from_secs(10)))
 }
 
 /// Ships the workspace into `/root/<repo>` as one tar stream over the agent.
@@ -175,7 +127,7 @@ mkdir -p /root/.cache/banger
 pub async fn vm_run(client: &Client, a: VmRunArgs) -> anyhow::Result<ExitCode> {
     let mut phases = Phases::new();
     // Every flag is checked before anything is made (a key, an image, a VM).
-    let mut req = vm::create_request(&a.shape, true)?;
+    let mut req = request::create_request(&a.shape, true)?;
     let workspace = match &a.path {
         Some(p) => {
             let source = match (&a.branch, &a.from) {
@@ -202,8 +154,8 @@ pub async fn vm_run(client: &Client, a: VmRunArgs) -> anyhow::Result<ExitCode> {
         return dry_run(client, &req, workspace.as_ref().map(|w| w.2.as_slice())).await;
     }
 
-    let config = super::load_config()?;
-    let home = super::home()?;
+    let config = crate::cmd::load_config()?;
+    let home = crate::cmd::home()?;
     let (key, public) = ssh::ensure_identity(&config, &home)?;
     client.version().await?;
     let image = a
@@ -213,7 +165,7 @@ pub async fn vm_run(client: &Client, a: VmRunArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| config.image_name().value);
     // An OCI reference is pulled on demand and runs under its store name.
     let (image, oci) = if banger_core::names::is_oci_reference(&image) {
-        let p = super::oci::ensure(client, &image).await?;
+        let p = crate::cmd::oci::ensure(client, &image).await?;
         (p.image.name, Some(p.config))
     } else {
         ensure_image(client, &image, &mut phases).await?;
@@ -237,7 +189,7 @@ pub async fn vm_run(client: &Client, a: VmRunArgs) -> anyhow::Result<ExitCode> {
             bail!("interrupted while creating the VM");
         }
     };
-    outln!("{}", vm::spec_line(&created.spec))?;
+    outln!("{}", request::spec_line(&created.spec))?;
     let name = created.vm.name.clone();
     eprintln!(
         "banger: VM {name} ({}) is starting",
@@ -266,9 +218,7 @@ pub async fn vm_run(client: &Client, a: VmRunArgs) -> anyhow::Result<ExitCode> {
         phases.print();
     }
     match result {
-        Ok(code) => Ok(ExitCode::from(
-            u8::try_from(code.clamp(0, 255)).unwrap_or(1),
-        )),
+        Ok(code) => Ok(super::exit_code(code)),
         Err(RunError::NotReady(e)) => {
             if a.rm {
                 eprintln!(
@@ -296,7 +246,7 @@ async fn dry_run(
         "--dry-run asks bangerd to check the request (name, image, sizes); start it first",
     )?;
     let plan: banger_proto::VmPlan = client.post("/v1/vms?dry_run=true", req).await?;
-    eprintln!("{}", vm::spec_line(&plan.spec));
+    eprintln!("{}", request::spec_line(&plan.spec));
     if banger_core::names::is_oci_reference(&plan.image) {
         eprintln!(
             "image: {} (an OCI image, pulled first unless it is here)",
@@ -415,199 +365,4 @@ async fn run_in_vm(
         args.push(command.join(" "));
     }
     Ok(ssh::run_ssh(&args)?)
-}
-
-/// Whether the guest's sshd accepts connections (bounded).
-async fn sshd_listening(vm: &VmInfo) -> bool {
-    let Some(ip) = vm.ip.as_deref() else {
-        return false;
-    };
-    let connect = tokio::net::TcpStream::connect((ip, 22));
-    matches!(
-        tokio::time::timeout(Duration::from_secs(3), connect).await,
-        Ok(Ok(_))
-    )
-}
-
-/// The local terminal in raw mode for the life of a tty session, so keys
-/// (Ctrl-C included) reach the guest's pty unchanged; restored on drop.
-struct RawTerminal(libc::termios);
-
-impl RawTerminal {
-    fn enter() -> Option<RawTerminal> {
-        // SAFETY: tcgetattr/tcsetattr on stdin with a termios we own.
-        unsafe {
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(libc::STDIN_FILENO, &mut t) != 0 {
-                return None;
-            }
-            let orig = t;
-            libc::cfmakeraw(&mut t);
-            if libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) != 0 {
-                return None;
-            }
-            Some(RawTerminal(orig))
-        }
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        // SAFETY: restores the settings read in `enter`.
-        unsafe {
-            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.0);
-        }
-    }
-}
-
-/// Runs a command through the agent, streaming stdio; returns the shell-style
-/// exit code. Ctrl-C is forwarded to the guest process.
-async fn exec_streaming(
-    agent: &AgentClient,
-    mut req: ExecRequest,
-    tty: bool,
-) -> anyhow::Result<i32> {
-    if tty {
-        req.tty = Some(terminal_size());
-        req.env.push((
-            "TERM".into(),
-            std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
-        ));
-    }
-    let (ctl_tx, ctl_rx) = tokio::sync::mpsc::channel(4);
-    let raw = (tty && std::io::stdin().is_terminal())
-        .then(RawTerminal::enter)
-        .flatten();
-    let resize_tx = ctl_tx.clone();
-    let resize = tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut winch) = signal(SignalKind::window_change()) else {
-            return;
-        };
-        while winch.recv().await.is_some() {
-            let size = terminal_size();
-            if resize_tx
-                .send(banger_agent::client::ExecControl::Resize(size))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
-    let forward = tokio::spawn(async move {
-        while tokio::signal::ctrl_c().await.is_ok() {
-            if ctl_tx
-                .send(banger_agent::client::ExecControl::Signal(libc::SIGINT))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
-    let mut stdout = tokio::io::stdout();
-    let mut stderr = tokio::io::stderr();
-    // A terminal on stdin is not forwarded to a non-tty command (it would
-    // wait for input that never ends); pipes and files are.
-    let stdin = (!std::io::stdin().is_terminal() || tty).then(tokio::io::stdin);
-    let status = agent
-        .exec(&req, stdin, &mut stdout, &mut stderr, Some(ctl_rx))
-        .await;
-    forward.abort();
-    resize.abort();
-    drop(raw);
-    use tokio::io::AsyncWriteExt;
-    let _ = stdout.flush().await;
-    let _ = stderr.flush().await;
-    Ok(status?.shell_code())
-}
-
-fn terminal_size() -> TtySize {
-    // SAFETY: TIOCGWINSZ fills a winsize struct we own.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
-    if ok && ws.ws_row > 0 {
-        TtySize {
-            rows: ws.ws_row,
-            cols: ws.ws_col,
-        }
-    } else {
-        TtySize { rows: 24, cols: 80 }
-    }
-}
-
-/// The VM, once it is running and its guest has come up (a VM started a
-/// moment ago is still booting).
-pub(crate) async fn wait_running(client: &Client, name: &str) -> anyhow::Result<VmInfo> {
-    let vm: VmInfo = client.get(&api_path::vm(name)?).await?;
-    if vm.state != banger_proto::VmState::Running {
-        bail!(
-            "VM {} is {}; start it with `banger vm start {}`",
-            vm.name,
-            vm.state,
-            vm.name
-        );
-    }
-    if vm.agent_ready {
-        return Ok(vm);
-    }
-    let path = format!(
-        "{}?timeout_secs={READY_SECS}",
-        api_path::vm_action(name, "ready")?
-    );
-    client
-        .post::<_, VmInfo>(&path, &())
-        .await
-        .with_context(|| format!("VM {name} is not ready; see `banger vm logs {name}`"))
-}
-
-pub async fn vm_ssh(client: &Client, a: VmSshArgs) -> anyhow::Result<ExitCode> {
-    let config = super::load_config()?;
-    let home = super::home()?;
-    let (key, _) = ssh::ensure_identity(&config, &home)?;
-    let vm = wait_running(client, &a.name).await?;
-    if !sshd_listening(&vm).await {
-        bail!(
-            "VM {} does not accept ssh (no sshd in its image?); use `banger vm exec --tty {} -- /bin/sh`",
-            vm.name,
-            vm.name
-        );
-    }
-    let ssh_config = ssh::refresh_ssh_config(client, &key).await?;
-    let tty = a.command.is_empty() && std::io::stdin().is_terminal();
-    let args = ssh::ssh_args(&ssh_config, &vm, tty, &a.command)?;
-    let code = ssh::run_ssh(&args)?;
-    Ok(ExitCode::from(
-        u8::try_from(code.clamp(0, 255)).unwrap_or(1),
-    ))
-}
-
-pub async fn vm_exec(client: &Client, a: VmExecArgs) -> anyhow::Result<ExitCode> {
-    let vm = wait_running(client, &a.name).await?;
-    let agent = agent_for(&vm)?;
-    let code = exec_streaming(&agent, ExecRequest::new(a.command), a.tty).await?;
-    Ok(ExitCode::from(
-        u8::try_from(code.clamp(0, 255)).unwrap_or(1),
-    ))
-}
-
-pub async fn vm_logs(client: &Client, a: VmLogsArgs) -> anyhow::Result<ExitCode> {
-    use tokio::io::AsyncWriteExt;
-    let mut out = tokio::io::stdout();
-    if !a.follow {
-        let bytes = client
-            .get_raw(&api_path::vm_action(&a.name, "logs")?)
-            .await?;
-        out.write_all(&bytes).await?;
-        out.flush().await?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    client
-        .stream(
-            &format!("{}?follow=true", api_path::vm_action(&a.name, "logs")?),
-            &mut out,
-        )
-        .await?;
-    Ok(ExitCode::SUCCESS)
 }
