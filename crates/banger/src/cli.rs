@@ -42,23 +42,36 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create, run and manage VMs.
+    #[command(after_help = "Examples:\n  banger vm run\n  banger vm list")]
     #[command(subcommand)]
     Vm(VmCommand),
     /// Pull, build and manage guest images.
+    #[command(after_help = "Examples:\n  banger image list\n  banger image pull python:3.12-slim")]
     #[command(subcommand)]
     Image(ImageCommand),
     /// Manage guest kernels.
+    #[command(after_help = "Examples:\n  banger kernel list")]
     #[command(subcommand)]
     Kernel(KernelCommand),
     /// Check that this host can run banger, and say how to fix what is missing.
+    #[command(
+        after_help = "Examples:\n  banger doctor\n  banger doctor --json | jq '.checks[] | select(.status != \"ok\")'"
+    )]
     Doctor(JsonFlag),
     /// Show banger's configuration.
+    #[command(after_help = "Examples:\n  banger config show")]
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Install, inspect and remove banger's system services.
+    #[command(
+        after_help = "Examples:\n  sudo banger system install --owner \"$USER\"\n  banger system status"
+    )]
     #[command(subcommand)]
     System(SystemCommand),
     /// Show, install or remove the `Include` that lets plain `ssh <name>.vm` work.
+    #[command(
+        after_help = "Examples:\n  banger ssh-config --install   # then: ssh dev.vm\n  banger ssh-config --uninstall"
+    )]
     SshConfig(SshConfigArgs),
     /// Print a shell completion script (with live VM, image and kernel names).
     #[command(after_help = COMPLETION_HELP)]
@@ -115,30 +128,52 @@ pub enum VmCommand {
     /// With PATH, the repository's git-tracked files are copied to /root/repo
     /// first. With `-- CMD…`, CMD runs in the guest and banger exits with its
     /// status.
+    #[command(
+        after_help = "Examples:\n  banger vm run\n  banger vm run ./repo -- make test\n  banger vm run --rm --name scratch --memory 4G\n  banger vm run --egress none ./repo -- ./untrusted-build.sh"
+    )]
     Run(VmRunArgs),
     /// Create a VM (and start it unless --no-start).
+    #[command(
+        after_help = "Examples:\n  banger vm create --name dev --vcpu 4 --disk 32G\n  banger vm create --no-start --json"
+    )]
     Create(VmCreateArgs),
     /// Start a stopped VM.
+    #[command(after_help = "Examples:\n  banger vm start dev")]
     Start(VmName),
     /// Stop a running VM: clean shutdown, then force after a timeout.
+    #[command(after_help = "Examples:\n  banger vm stop dev")]
     Stop(VmName),
     /// Stop and start a VM.
+    #[command(after_help = "Examples:\n  banger vm restart dev")]
     Restart(VmName),
     /// Delete a VM and everything it owns (disks, address, sockets).
     #[command(alias = "rm")]
+    #[command(after_help = "Examples:\n  banger vm delete dev\n  banger vm rm dev")]
     Delete(VmName),
     /// List VMs.
     #[command(alias = "ls")]
+    #[command(
+        after_help = "Examples:\n  banger vm list\n  banger vm list --json | jq -r '.[].name'"
+    )]
     List(JsonFlag),
     /// Show one VM.
+    #[command(after_help = "Examples:\n  banger vm show dev\n  banger vm show dev --json")]
     Show(VmShowArgs),
     /// Open an ssh session to a VM, or run a command over ssh.
+    #[command(after_help = "Examples:\n  banger vm ssh dev\n  banger vm ssh dev -- uname -a")]
     Ssh(VmSshArgs),
     /// Show a VM's serial console log.
+    #[command(after_help = "Examples:\n  banger vm logs dev\n  banger vm logs -f dev")]
     Logs(VmLogsArgs),
     /// Run a command in a VM through the guest agent (no ssh).
+    #[command(
+        after_help = "Examples:\n  banger vm exec dev -- systemctl is-system-running\n  banger vm exec -t dev -- htop"
+    )]
     Exec(VmExecArgs),
     /// Copy files between the host and a VM (NAME:PATH names the guest side).
+    #[command(
+        after_help = "Examples:\n  banger vm cp ./notes.txt dev:/root/\n  banger vm cp dev:/root/repo/build ./build"
+    )]
     Cp(VmCpArgs),
 }
 
@@ -242,22 +277,38 @@ pub struct VmCpArgs {
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Fetch an image: an OCI reference, or a signed bundle named in the catalog.
+    #[command(
+        after_help = "Examples:\n  banger image pull python:3.12-slim\n  banger image pull ghcr.io/org/tool:1.2 --name tool"
+    )]
     Pull(ImagePullArgs),
     /// Build the golden image locally from Debian packages.
+    #[command(
+        after_help = "Examples:\n  banger image build\n  banger image build small --profile minimal"
+    )]
     Build(ImageBuildArgs),
     /// List images.
     #[command(alias = "ls")]
+    #[command(after_help = "Examples:\n  banger image list\n  banger image list --json")]
     List(JsonFlag),
     /// Show one image.
+    #[command(after_help = "Examples:\n  banger image show debian-bookworm")]
     Show(ImageShowArgs),
     /// Delete an image (refused while a VM uses it).
     #[command(alias = "rm")]
+    #[command(after_help = "Examples:\n  banger image delete small")]
     Delete(ImageName),
     /// Register an existing rootfs.ext4 and kernel as an image.
+    #[command(
+        after_help = "Examples:\n  banger image register mine --rootfs ./rootfs.ext4 --kernel mykernel"
+    )]
     Register(ImageRegisterArgs),
     /// Produce a signed bundle from an image, for publishing in a catalog.
+    #[command(
+        after_help = "Examples:\n  banger image bundle debian-bookworm --key ./sign.key --out ./dist"
+    )]
     Bundle(ImageBundleArgs),
     /// Create an ed25519 key pair for signing bundles (SECRET is written 0600).
+    #[command(after_help = "Examples:\n  banger image keygen ./sign.key ./sign.pub")]
     Keygen {
         /// Where to write the secret signing key (must not exist).
         secret: PathBuf,
@@ -343,11 +394,16 @@ pub struct ImageBundleArgs {
 pub enum KernelCommand {
     /// List kernels.
     #[command(alias = "ls")]
+    #[command(after_help = "Examples:\n  banger kernel list\n  banger kernel list --json")]
     List(JsonFlag),
     /// Register kernel files from disk.
+    #[command(
+        after_help = "Examples:\n  banger kernel register mykernel --vmlinuz ./vmlinuz --initrd ./initrd.img"
+    )]
     Register(KernelRegisterArgs),
     /// Delete a kernel (refused while an image or VM uses it).
     #[command(alias = "rm")]
+    #[command(after_help = "Examples:\n  banger kernel delete mykernel")]
     Delete(KernelName),
 }
 
@@ -373,20 +429,30 @@ pub struct KernelName {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print every effective setting and where it came from.
+    #[command(after_help = "Examples:\n  banger config show\n  banger config show --json")]
     Show(JsonFlag),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum SystemCommand {
     /// Install bangerd and bangerd-root as systemd services (needs root).
+    #[command(after_help = "Examples:\n  sudo banger system install --owner \"$USER\"")]
     Install(SystemInstallArgs),
     /// Show the state of banger's services.
+    #[command(after_help = "Examples:\n  banger system status\n  banger system status --json")]
     Status(JsonFlag),
     /// Restart both services; running VMs survive (needs root).
+    #[command(after_help = "Examples:\n  sudo banger system restart")]
     Restart,
     /// Remove banger's services and binaries (needs root).
+    #[command(
+        after_help = "Examples:\n  sudo banger system uninstall\n  sudo banger system uninstall --purge"
+    )]
     Uninstall(SystemUninstallArgs),
     /// Run bangerd-root and bangerd in this terminal (hosts without systemd).
+    #[command(
+        after_help = "Examples:\n  sudo banger system run\n  sudo banger system run --prefix /tmp/banger-play"
+    )]
     Run(SystemRunArgs),
 }
 
@@ -441,11 +507,56 @@ Loading the script:
   powershell  banger completion powershell | Out-String | Invoke-Expression
 
 Names of VMs, images and kernels are asked from the running daemon; with the
-daemon down, they complete to nothing.";
+daemon down, they complete to nothing.
+
+Examples:
+  banger completion bash > ~/.local/share/bash-completion/completions/banger
+  banger completion zsh > ~/.zfunc/_banger";
 
 #[derive(Debug, Args)]
 pub struct CompletionArgs {
     /// The shell to print a script for.
     #[arg(value_enum)]
     pub shell: Shell,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command a user can reach, with its full name.
+    fn all(c: &clap::Command, prefix: &str, out: &mut Vec<(String, clap::Command)>) {
+        for sub in c.get_subcommands() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            let name = format!("{prefix} {}", sub.get_name());
+            out.push((name.clone(), sub.clone()));
+            all(sub, &name, out);
+        }
+    }
+
+    #[test]
+    fn every_command_has_an_example_of_itself() {
+        let mut cmds = Vec::new();
+        all(&super::Cli::command(), "banger", &mut cmds);
+        assert!(cmds.len() > 30, "{}", cmds.len());
+        for (name, c) in cmds {
+            let help = c
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            let examples = help
+                .split_once("Examples:\n")
+                .map(|(_, e)| e)
+                .unwrap_or_else(|| panic!("`{name} --help` has no Examples section"));
+            assert!(
+                examples.lines().any(|l| l
+                    .trim_start()
+                    .trim_start_matches("sudo ")
+                    .starts_with(&name)),
+                "`{name} --help` has no example of `{name}`:\n{examples}"
+            );
+        }
+    }
 }

@@ -10,16 +10,23 @@ mod completion;
 mod doctor;
 mod doctor_egress;
 mod terminal;
+mod typo;
 mod workspace;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
     // Answer shell completion requests before normal parsing.
     completion::handle_env();
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            typo::suggest(e, &cli::Cli::command(), &args).exit()
+        }
+    };
     match cmd::run(cli) {
         Ok(code) => code,
         // The reader of our output went away (`| head -1`): nothing is

@@ -489,3 +489,47 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
     let (code, _, _) = run(first.cli().args(["vm", "list"]));
     assert_eq!(code, 0, "the first one still serves");
 }
+
+#[test]
+fn ssh_config_install_keeps_a_symlink_and_writes_the_included_file_at_once() {
+    let d = Daemon::prepare().start();
+    for daemon_up in [true, false] {
+        let home = tempfile::tempdir().expect("home");
+        let dotfiles = home.path().join("dotfiles");
+        std::fs::create_dir_all(&dotfiles).expect("mkdir");
+        std::fs::create_dir_all(home.path().join(".ssh")).expect("mkdir");
+        std::fs::write(dotfiles.join("ssh"), "Host work\n  User me\n").expect("write");
+        let link = home.path().join(".ssh/config");
+        std::os::unix::fs::symlink("../dotfiles/ssh", &link).expect("ln");
+        let mut c = d.cli();
+        c.args(["ssh-config", "--install"])
+            .env("HOME", home.path())
+            .env_remove("XDG_CONFIG_HOME");
+        if !daemon_up {
+            c.env("BANGER_SOCKET", home.path().join("no-daemon.sock"));
+        }
+        let (code, out, err) = run(&mut c);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .expect("meta")
+                .file_type()
+                .is_symlink(),
+            "~/.ssh/config is still a symlink"
+        );
+        let edited = std::fs::read_to_string(dotfiles.join("ssh")).expect("read");
+        assert!(
+            edited.contains("Include ~/.config/banger/ssh_config")
+                && edited.ends_with("Host work\n  User me\n"),
+            "{edited}"
+        );
+        let included = home.path().join(".config/banger/ssh_config");
+        let text = std::fs::read_to_string(&included)
+            .unwrap_or_else(|e| panic!("{} exists at once: {e}\n{out}{err}", included.display()));
+        assert_eq!(
+            text.contains("Host *.vm"),
+            daemon_up,
+            "entries when the daemon answers, a placeholder otherwise: {text}"
+        );
+    }
+}

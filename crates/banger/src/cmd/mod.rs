@@ -26,7 +26,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Config(c) => config::run(c),
         Command::Doctor(j) => doctor(&client, j.json),
-        Command::SshConfig(a) => ssh_config::run(a),
+        Command::SshConfig(a) => ssh_config::run(&client, a),
         Command::Vm(c) => block_on(vm::run(&client, c)),
         Command::Image(c) => block_on(image::run_image(&client, c)),
         Command::Kernel(c) => block_on(image::run_kernel(&client, c)),
