@@ -12,7 +12,8 @@
 //! * [`init`]: `banger-init`, PID 1 for OCI images without an init.
 //! * [`readiness`]: what "ready" means, collected in the guest, judged by
 //!   the host.
-//! * [`unpack`]: tar extraction that can never write outside its target.
+//! * [`transfer`]: the tar rules of every transfer in or out of a guest
+//!   (one packer, the contained unpacker, the host's hostile-archive check).
 //!
 //! The wire format is in [`banger_proto::agent`].
 
@@ -23,7 +24,7 @@ pub mod mux;
 pub mod readiness;
 pub mod serial;
 pub mod server;
-pub mod unpack;
+pub mod transfer;
 pub mod wire;
 
 pub use banger_proto::agent as proto;

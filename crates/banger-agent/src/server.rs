@@ -15,7 +15,7 @@ use banger_proto::agent::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
-use crate::unpack::{pack_path, unpack_contained};
+use crate::transfer::{Modes, UnpackError, default_name, pack_path, unpack_contained};
 use crate::wire::{WireError, read_frame, write_data, write_msg};
 
 /// How long the agent waits for the host's hello and request.
@@ -665,7 +665,7 @@ async fn upload(target: PathBuf, r: &mut Reader, w: &Writer) -> Result<(), WireE
         // Unpacking may stop before the end of the stream (tar's end
         // blocks, or an error); the reader is dropped on return, so further
         // sends fail fast instead of blocking.
-        unpack_contained(reader, &t)
+        unpack_contained(reader, &t, Modes::Preserve)
     });
     let mut tx = Some(tx);
     // Frames are read one after another (never raced against anything, so
@@ -712,8 +712,8 @@ async fn upload(target: PathBuf, r: &mut Reader, w: &Writer) -> Result<(), WireE
         Ok(Ok(summary)) => send(w, &GuestMsg::UploadDone(summary)).await,
         Ok(Err(e)) => {
             let kind = match e {
-                crate::unpack::UnpackError::Rejected { .. } => AgentErrorKind::PathRejected,
-                crate::unpack::UnpackError::Tar(_) => AgentErrorKind::BadRequest,
+                UnpackError::Rejected { .. } => AgentErrorKind::PathRejected,
+                UnpackError::Tar(_) => AgentErrorKind::BadRequest,
                 _ => AgentErrorKind::Io,
             };
             send(w, &err(kind, e.to_string())).await?;
@@ -799,7 +799,7 @@ async fn download(path: PathBuf, w: &Writer) -> Result<(), WireError> {
             tx,
             buf: Vec::with_capacity(DATA_CHUNK),
         };
-        let mut out = pack_path(&p, out)?;
+        let mut out = pack_path(&p, &default_name(&p), out)?;
         io::Write::flush(&mut out)
     });
     let mut bytes = 0u64;

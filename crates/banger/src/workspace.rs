@@ -163,16 +163,8 @@ pub fn write_tar(
             out.write_all(&bytes)?;
         }
         Source::WorkingTree { .. } => {
-            let mut b = tar::Builder::new(&mut *out);
-            b.follow_symlinks(false);
-            b.mode(tar::HeaderMode::Deterministic);
-            for f in files {
-                let full: PathBuf = path.join(f);
-                b.append_path_with_name(&full, f).with_context(|| {
-                    format!("cannot add {} to the workspace archive", full.display())
-                })?;
-            }
-            b.finish()?;
+            banger_agent::transfer::pack_files(path, files, &mut *out)
+                .context("cannot write the workspace archive")?;
         }
     }
     out.flush()?;
@@ -330,7 +322,12 @@ mod tests {
             use std::io::Seek;
             f.rewind().expect("rewind");
             let out = tempfile::tempdir().expect("out");
-            banger_agent::unpack::unpack_contained(f, out.path()).expect("unpack");
+            banger_agent::transfer::unpack_contained(
+                f,
+                out.path(),
+                banger_agent::transfer::Modes::Preserve,
+            )
+            .expect("unpack");
             for (i, name) in odd.iter().enumerate() {
                 assert_eq!(
                     std::fs::read_to_string(out.path().join(name)).expect("shipped"),

@@ -6,6 +6,12 @@
 //! planted by an earlier entry (or already present) is never followed.
 //! The entry's own final component is never followed either: an existing
 //! symlink there is replaced, not written through.
+//!
+//! Both ends use it: the agent unpacks uploads in the guest
+//! ([`Modes::Preserve`]: the user's own files, setuid bits and all), and the
+//! host unpacks what a guest sent ([`Modes::Safe`]: setuid, setgid and
+//! world-writable bits are masked, so a hostile guest cannot plant a
+//! setuid binary or a world-writable file in the user's tree).
 
 use std::collections::HashSet;
 use std::fs;
@@ -46,6 +52,23 @@ impl UnpackError {
             path: path.display().to_string(),
             reason: reason.into(),
         }
+    }
+}
+
+/// An entry type in words, for errors ("a fifo", not `Fifo`).
+pub fn kind_name(kind: EntryType) -> String {
+    match kind {
+        EntryType::Regular | EntryType::Continuous => "regular file".into(),
+        EntryType::Directory => "directory".into(),
+        EntryType::Symlink => "symbolic link".into(),
+        EntryType::Link => "hard link".into(),
+        EntryType::Char => "character device".into(),
+        EntryType::Block => "block device".into(),
+        EntryType::Fifo => "fifo".into(),
+        EntryType::GNUSparse => "sparse file".into(),
+        EntryType::GNULongName | EntryType::GNULongLink => "GNU long-name record".into(),
+        EntryType::XHeader | EntryType::XGlobalHeader => "PAX header".into(),
+        other => format!("entry of unknown type {:?}", char::from(other.as_byte())),
     }
 }
 
@@ -151,8 +174,34 @@ fn clear_final(dest: &Path, raw: &Path) -> Result<(), UnpackError> {
     }
 }
 
+/// Which permission bits of the archive's entries survive unpacking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Modes {
+    /// Every bit as the archive says (the guest unpacking the user's upload).
+    Preserve,
+    /// Setuid, setgid and world-writable bits cleared (the host unpacking
+    /// data a guest chose).
+    Safe,
+}
+
+/// The bits [`Modes::Safe`] clears: setuid, setgid, other-writable.
+pub const UNSAFE_MODE_BITS: u32 = 0o6002;
+
+impl Modes {
+    fn mask(self) -> u32 {
+        match self {
+            Modes::Preserve => 0,
+            Modes::Safe => UNSAFE_MODE_BITS,
+        }
+    }
+}
+
 /// Unpacks the tar stream `reader` under `target` (created if missing).
-pub fn unpack_contained<R: Read>(reader: R, target: &Path) -> Result<UploadSummary, UnpackError> {
+pub fn unpack_contained<R: Read>(
+    reader: R,
+    target: &Path,
+    modes: Modes,
+) -> Result<UploadSummary, UnpackError> {
     let target_err = |e| UnpackError::Target {
         path: target.to_path_buf(),
         source: e,
@@ -206,6 +255,7 @@ pub fn unpack_contained<R: Read>(reader: R, target: &Path) -> Result<UploadSumma
             }
         }
         entry.set_preserve_permissions(true);
+        entry.set_mask(modes.mask());
         entry.set_preserve_mtime(true);
         match kind {
             EntryType::Directory => {
@@ -253,7 +303,8 @@ pub fn unpack_contained<R: Read>(reader: R, target: &Path) -> Result<UploadSumma
                 return Err(UnpackError::rejected(
                     &raw,
                     format!(
-                        "entry type {other:?} is not supported (only files, directories and links)"
+                        "it is a {}, which is not supported (only files, directories and links)",
+                        kind_name(other)
                     ),
                 ));
             }
@@ -261,24 +312,6 @@ pub fn unpack_contained<R: Read>(reader: R, target: &Path) -> Result<UploadSumma
         summary.entries += 1;
     }
     Ok(summary)
-}
-
-/// Writes `path` (file, directory or symlink, not followed) as a tar stream
-/// whose single top-level entry is the path's last component.
-pub fn pack_path<W: io::Write>(path: &Path, out: W) -> io::Result<W> {
-    let name = path
-        .file_name()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let mut b = tar::Builder::new(out);
-    b.follow_symlinks(false);
-    let meta = fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        b.append_dir_all(&name, path)?;
-    } else {
-        b.append_path_with_name(path, &name)?;
-    }
-    b.into_inner()
 }
 
 #[cfg(test)]
