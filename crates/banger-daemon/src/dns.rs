@@ -44,12 +44,16 @@ pub async fn start_dns(daemon: &Arc<Daemon>, opts: &Options) -> Option<banger_dn
         }
     };
     // Names outside .vm go to the host's real upstreams, for guests with
-    // egress allowed (banger_dns::forward).
+    // egress allowed (banger_dns::forward); an `allow:` guest's answers
+    // are granted through the root helper first.
     let home = banger_core::host::home_dir().unwrap_or_default();
     let forwarder = banger_dns::Forwarder::new(
         banger_dns::UpstreamSource::from_file(daemon.config.dns_upstream_file(&home)),
         daemon.dns_clients.clone(),
-    );
+    )
+    .with_grants(Arc::new(crate::host_net::NetGrants(Arc::clone(
+        &daemon.network,
+    ))));
     let server = match banger_dns::DnsServer::bind(addr, daemon.dns_names.clone()).await {
         Ok(s) => s.with_forwarder(forwarder),
         Err(e) => {

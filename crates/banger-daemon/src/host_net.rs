@@ -5,6 +5,7 @@
 //! the ones it is told to.
 
 use std::future::Future;
+use std::net::Ipv4Addr;
 use std::pin::Pin;
 use std::sync::Mutex;
 
@@ -47,6 +48,27 @@ pub trait HostNetwork: Send + Sync {
     /// Routes `.vm` queries through the bridge link to `dns_addr`
     /// (systemd-resolved hosts).
     fn wire_resolved<'a>(&'a self, bridge: &'a str, dns_addr: &'a str) -> NetFuture<'a>;
+    /// Lets the allowlisted guest at `guest` reach each `(address, ttl)` of
+    /// a DNS answer banger's server is about to relay to it.
+    fn allow_egress<'a>(&'a self, guest: Ipv4Addr, addrs: &'a [(Ipv4Addr, u32)]) -> NetFuture<'a>;
+}
+
+/// The DNS forwarder's grants for `allow:` VMs go to the host network.
+pub struct NetGrants(pub std::sync::Arc<dyn HostNetwork>);
+
+impl banger_dns::EgressGrants for NetGrants {
+    fn grant<'a>(
+        &'a self,
+        guest: Ipv4Addr,
+        addrs: &'a [(Ipv4Addr, u32)],
+    ) -> banger_dns::GrantFuture<'a> {
+        Box::pin(async move {
+            self.0
+                .allow_egress(guest, addrs)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
 }
 
 /// The real host networking: the root helper does it.
@@ -140,6 +162,14 @@ impl HostNetwork for RootNetwork {
             },
         ))
     }
+
+    fn allow_egress<'a>(&'a self, guest: Ipv4Addr, addrs: &'a [(Ipv4Addr, u32)]) -> NetFuture<'a> {
+        Box::pin(async move {
+            self.0.allow_egress(guest, addrs).await.map_err(|e| {
+                DaemonError::conflict(format!("granting egress to {guest}: {e}")).with_source(e)
+            })
+        })
+    }
 }
 
 /// `--no-network`: VMs get no NIC; every call succeeds doing nothing.
@@ -161,15 +191,29 @@ impl HostNetwork for NoNetwork {
     fn wire_resolved<'a>(&'a self, _: &'a str, _: &'a str) -> NetFuture<'a> {
         Box::pin(async { Ok(()) })
     }
+    fn allow_egress<'a>(&'a self, _: Ipv4Addr, _: &'a [(Ipv4Addr, u32)]) -> NetFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// One call a [`FakeNetwork`] received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetCall {
-    EnsureBridge { bridge: String },
+    EnsureBridge {
+        bridge: String,
+    },
     Setup(TapWiring),
-    Teardown { vm: String, tap: String },
-    WireResolved { dns_addr: String },
+    Teardown {
+        vm: String,
+        tap: String,
+    },
+    WireResolved {
+        dns_addr: String,
+    },
+    AllowEgress {
+        guest: Ipv4Addr,
+        addrs: Vec<(Ipv4Addr, u32)>,
+    },
 }
 
 /// Which call a [`FakeNetwork`] should fail.
@@ -179,6 +223,7 @@ pub enum FailOn {
     Setup,
     Teardown,
     WireResolved,
+    AllowEgress,
 }
 
 /// A FAKE host network for tests: no root, no bridge, no taps. It records
@@ -275,6 +320,17 @@ impl HostNetwork for FakeNetwork {
                 dns_addr: dns_addr.into(),
             },
             FailOn::WireResolved,
+        );
+        Box::pin(async move { r })
+    }
+
+    fn allow_egress<'a>(&'a self, guest: Ipv4Addr, addrs: &'a [(Ipv4Addr, u32)]) -> NetFuture<'a> {
+        let r = self.record(
+            NetCall::AllowEgress {
+                guest,
+                addrs: addrs.to_vec(),
+            },
+            FailOn::AllowEgress,
         );
         Box::pin(async move { r })
     }

@@ -12,6 +12,9 @@
 //!   VMs whose egress is allowed); everyone else keeps getting REFUSED, so
 //!   this is never an open resolver and `--no-egress` VMs cannot tunnel out
 //!   through DNS;
+//! * an `allow:` client is relayed only the allowed names, and an answer
+//!   only after its addresses were granted ([`Forwarder::relay`], see
+//!   [`crate::clients`]);
 //! * each query goes out on its own ephemeral socket connected to one
 //!   upstream at a time (bounded wait each); an answer is relayed only if it
 //!   comes from that upstream, is a response, and carries the query's id;
@@ -22,14 +25,16 @@
 //! UDP only, like the rest of the server: a truncated upstream answer is
 //! relayed with its TC bit.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
+
+use crate::answers;
+use crate::clients::{EgressGrants, ForwardClients};
 
 /// systemd-resolved's list of the real upstream servers.
 pub const RESOLVED_UPLINKS: &str = "/run/systemd/resolve/resolv.conf";
@@ -132,37 +137,6 @@ fn is_wildcard_self(own: SocketAddr, up: SocketAddr) -> bool {
     own.ip().is_unspecified() && own.port() == up.port() && up.ip().is_loopback()
 }
 
-/// The clients whose queries may leave the host. Cheap to clone; all clones
-/// share one set, changed live by the daemon as VMs start and stop.
-#[derive(Debug, Clone, Default)]
-pub struct ForwardClients {
-    inner: Arc<RwLock<HashSet<IpAddr>>>,
-}
-
-impl ForwardClients {
-    pub fn new() -> Self {
-        Self::default()
-    }
-    pub fn allow(&self, ip: IpAddr) {
-        self.inner
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(ip);
-    }
-    pub fn revoke(&self, ip: IpAddr) {
-        self.inner
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&ip);
-    }
-    pub fn allows(&self, ip: IpAddr) -> bool {
-        self.inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&ip)
-    }
-}
-
 struct Cached {
     path: PathBuf,
     mtime: Option<SystemTime>,
@@ -178,6 +152,7 @@ pub struct Forwarder {
     cache: Mutex<Cached>,
     in_flight: Arc<Semaphore>,
     timeout: Duration,
+    grants: Option<Arc<dyn EgressGrants>>,
 }
 
 impl Forwarder {
@@ -194,12 +169,21 @@ impl Forwarder {
             }),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             timeout: UPSTREAM_TIMEOUT,
+            grants: None,
         }
     }
 
     /// Per-upstream wait (tests shorten it).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Where the addresses answered to `allow:` clients are granted.
+    /// Without it no `allow:` client gets an answer (SERVFAIL): an answer
+    /// whose addresses stay closed would only make the guest time out.
+    pub fn with_grants(mut self, grants: Arc<dyn EgressGrants>) -> Self {
+        self.grants = Some(grants);
         self
     }
 
@@ -210,6 +194,53 @@ impl Forwarder {
 
     pub fn allows(&self, client: IpAddr) -> bool {
         self.clients.allows(client)
+    }
+
+    /// Whether `query` (a question outside `.vm`) may be relayed for
+    /// `client`: it is a client, and its policy allows the name.
+    pub fn relays(&self, client: IpAddr, query: &[u8]) -> bool {
+        self.clients
+            .policy(client)
+            .is_some_and(|p| crate::wire::question_name(query).is_some_and(|n| p.allows_name(&n)))
+    }
+
+    /// The answer to relay to `client` for `query` (which [`Self::relays`]
+    /// accepted): the upstream's, after an `allow:` client was granted the
+    /// addresses it gives; `None` when no upstream answered or the grant
+    /// failed (the caller answers SERVFAIL).
+    pub async fn relay(&self, client: IpAddr, query: &[u8]) -> Option<Vec<u8>> {
+        let policy = self.clients.policy(client)?;
+        let resp = self.resolve(query).await?;
+        if *policy == banger_proto::EgressPolicy::All {
+            return Some(resp);
+        }
+        let IpAddr::V4(guest) = client else {
+            return None;
+        };
+        // NXDOMAIN, no answer section, a truncated reply: nothing to grant,
+        // relayed as it is.
+        let Some(got) = answers::resolved(&resp) else {
+            return Some(resp);
+        };
+        if Some(&got.name) != crate::wire::question_name(query).as_ref() {
+            tracing::debug!(%client, name = %got.name, "upstream answered another question");
+            return None;
+        }
+        let fresh = self.clients.not_recently_granted(guest, &got.addrs);
+        if fresh.is_empty() {
+            return Some(resp);
+        }
+        let grants = self.grants.as_ref()?;
+        match grants.grant(guest, &fresh).await {
+            Ok(()) => {
+                self.clients.remember_granted(guest, &fresh);
+                Some(resp)
+            }
+            Err(e) => {
+                tracing::warn!(%client, name = %got.name, "egress grant failed: {e}");
+                None
+            }
+        }
     }
 
     /// The upstreams now, re-reading the file when it changed.
@@ -358,16 +389,5 @@ mod tests {
         } else {
             assert_eq!(p, PathBuf::from(ETC_RESOLV_CONF));
         }
-    }
-
-    #[test]
-    fn clients_are_shared_between_clones() {
-        let a = ForwardClients::new();
-        let b = a.clone();
-        let ip: IpAddr = "172.16.0.2".parse().expect("ip");
-        a.allow(ip);
-        assert!(b.allows(ip));
-        b.revoke(ip);
-        assert!(!a.allows(ip));
     }
 }

@@ -3,8 +3,9 @@
 //! * `<name>.vm` A → the VM's address; other types for a known name →
 //!   NOERROR with no answers; unknown names in the zone → NXDOMAIN;
 //! * anything outside `.vm` → REFUSED, unless a [`Forwarder`] is attached
-//!   and the client is one it forwards for (guests with egress allowed):
-//!   then the host's real upstreams answer (see [`forward`]). Never an
+//!   and the client is one it forwards for (guests with egress allowed,
+//!   and for an `allow:` guest only the allowed names): then the host's
+//!   real upstreams answer (see [`forward`] and [`clients`]). Never an
 //!   open resolver;
 //! * malformed, truncated or oversized packets are dropped (or answered
 //!   FORMERR when the header is intact) without disturbing the server.
@@ -16,6 +17,7 @@
 //! needed.
 
 pub mod answers;
+pub mod clients;
 pub mod forward;
 pub mod wire;
 
@@ -27,7 +29,8 @@ use thiserror::Error;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-pub use forward::{ForwardClients, Forwarder, UpstreamSource};
+pub use clients::{EgressGrants, ForwardClients, GrantFuture};
+pub use forward::{Forwarder, UpstreamSource};
 pub use wire::{ANSWER_TTL, MAX_QUERY_LEN, ZONE, answer};
 
 #[derive(Debug, Error)]
@@ -239,10 +242,10 @@ fn forward(socket: &Arc<UdpSocket>, fwd: &Arc<Forwarder>, query: &[u8], peer: So
     let (socket, fwd, query) = (Arc::clone(socket), Arc::clone(fwd), query.to_vec());
     tokio::spawn(async move {
         let _permit = permit;
-        let resp = match fwd.resolve(&query).await {
+        let resp = match fwd.relay(peer.ip(), &query).await {
             Some(r) => Some(r),
             None => {
-                tracing::debug!(%peer, "no DNS upstream answered");
+                tracing::debug!(%peer, "no DNS upstream answered, or its answer was not granted");
                 wire::servfail(&query)
             }
         };
@@ -270,8 +273,8 @@ async fn serve(socket: &Arc<UdpSocket>, table: &NameTable, fwd: Option<&Arc<Forw
         };
         let query = buf.get(..n).unwrap_or_default();
         if let Some(f) = fwd
-            && f.allows(peer.ip())
             && wire::outside_zone(query)
+            && f.relays(peer.ip(), query)
         {
             forward(socket, f, query, peer);
             continue;

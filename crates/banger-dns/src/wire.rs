@@ -156,6 +156,25 @@ pub fn outside_zone(query: &[u8]) -> bool {
     parse_question(&mut r).is_some_and(|q| q.labels.last().is_none_or(|l| l != ZONE))
 }
 
+/// The question name of a query [`outside_zone`] accepts, lower-case and
+/// without the final dot (`""` for the root); `None` for anything else,
+/// and for a label holding a dot (one label `github.com` must not pass
+/// for the two-label name).
+pub fn question_name(query: &[u8]) -> Option<String> {
+    if !outside_zone(query) {
+        return None;
+    }
+    let mut r = Reader {
+        buf: query,
+        pos: 12,
+    };
+    let q = parse_question(&mut r)?;
+    if q.labels.iter().any(|l| l.contains('.')) {
+        return None;
+    }
+    Some(q.labels.join("."))
+}
+
 /// SERVFAIL for `query` (no upstream answered); `None` when it is too short
 /// to carry an id.
 pub fn servfail(query: &[u8]) -> Option<Vec<u8>> {
@@ -371,6 +390,15 @@ mod tests {
             (&[0x42, 0x42][..], 2, 0x81)
         );
         assert!(servfail(&[1]).is_none());
+        assert_eq!(
+            question_name(&query(1, "GitHub.COM.", TYPE_A, true)).as_deref(),
+            Some("github.com")
+        );
+        assert_eq!(question_name(&query(1, "box.vm", TYPE_A, false)), None);
+        assert_eq!(question_name(&trunc), None);
+        let mut dotted = query(1, "githubxcom", TYPE_A, false);
+        dotted[19] = b'.';
+        assert_eq!(question_name(&dotted), None, "one label with a dot");
     }
 
     proptest! {

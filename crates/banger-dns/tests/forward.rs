@@ -1,12 +1,16 @@
 //! Forwarding through the real server to a real upstream (dnsmasq on
 //! loopback), answered for allowed clients only, SERVFAIL when no upstream
-//! answers, the next upstream tried when one is dead.
+//! answers, the next upstream tried when one is dead; for an `allow:`
+//! client only the allowed names, each answer's addresses granted first.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use banger_dns::{DnsServer, ForwardClients, Forwarder, NameTable, UpstreamSource};
+use banger_dns::{
+    DnsServer, EgressGrants, ForwardClients, Forwarder, GrantFuture, NameTable, UpstreamSource,
+};
 
 fn which(name: &str) -> bool {
     ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
@@ -41,13 +45,15 @@ impl Drop for Dnsmasq {
     }
 }
 
-/// dnsmasq on 127.0.0.1:`port` answering `name` with 198.18.0.7, nothing else.
-fn dnsmasq(port: u16, name: &str) -> Dnsmasq {
+/// dnsmasq on 127.0.0.1:`port` answering `name` with 198.18.0.7 and
+/// `extra` `(name, address)` pairs, nothing else.
+fn dnsmasq(port: u16, name: &str, extra: &[(&str, &str)]) -> Dnsmasq {
     let child = Command::new("dnsmasq")
         .args(["--keep-in-foreground", "--no-resolv", "--no-hosts"])
         .args(["--listen-address=127.0.0.1", "--bind-interfaces"])
         .arg(format!("--port={port}"))
         .arg(format!("--address=/{name}/198.18.0.7"))
+        .args(extra.iter().map(|(n, a)| format!("--address=/{n}/{a}")))
         .arg("--user=root")
         .arg("--pid-file=")
         .stdout(Stdio::null())
@@ -71,7 +77,7 @@ async fn forwards_outside_names_for_allowed_clients_only() {
         return;
     }
     let up_port = free_port();
-    let _upstream = dnsmasq(up_port, "outside.test");
+    let _upstream = dnsmasq(up_port, "outside.test", &[]);
     let dead: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let live: SocketAddr = ([127, 0, 0, 1], up_port).into();
 
@@ -134,6 +140,134 @@ async fn forwards_outside_names_for_allowed_clients_only() {
     let addr = handle.local_addr();
     tokio::task::spawn_blocking(move || {
         let out = dig(addr, "outside.test");
+        assert!(out.contains("status: SERVFAIL"), "{out}");
+    })
+    .await
+    .expect("checks");
+    handle.shutdown();
+}
+
+/// A FAKE grant sink (the daemon's real one calls the root helper, tested
+/// in bangerd-root's netns tests): records each call, fails when told to.
+/// One grant call: the guest and its `(address, ttl)` pairs.
+type GrantCall = (Ipv4Addr, Vec<(Ipv4Addr, u32)>);
+
+#[derive(Default)]
+struct Recorded {
+    calls: Mutex<Vec<GrantCall>>,
+    fail: Mutex<bool>,
+}
+
+impl EgressGrants for Recorded {
+    fn grant<'a>(&'a self, guest: Ipv4Addr, addrs: &'a [(Ipv4Addr, u32)]) -> GrantFuture<'a> {
+        self.calls
+            .lock()
+            .expect("lock")
+            .push((guest, addrs.to_vec()));
+        let fail = *self.fail.lock().expect("lock");
+        Box::pin(async move {
+            if fail {
+                Err("refused (as the test asked)".to_string())
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowlisted_clients_get_only_their_names_granted_before_the_answer() {
+    if !which("dig") || !which("dnsmasq") {
+        eprintln!("SKIP: needs dig (dnsutils) and dnsmasq (dnsmasq-base)");
+        return;
+    }
+    let up_port = free_port();
+    let _upstream = dnsmasq(
+        up_port,
+        "allowed.test",
+        &[
+            ("other.test", "198.18.0.8"),
+            ("deep.wild.test", "198.18.0.9"),
+        ],
+    );
+    let clients = ForwardClients::new();
+    let me = Ipv4Addr::LOCALHOST;
+    clients.set(
+        me.into(),
+        "allow:allowed.test,*.wild.test".parse().expect("policy"),
+    );
+    let grants = Arc::new(Recorded::default());
+    let fwd = Forwarder::new(
+        UpstreamSource::Addrs(vec![([127, 0, 0, 1], up_port).into()]),
+        clients.clone(),
+    )
+    .with_timeout(Duration::from_millis(500))
+    .with_grants(grants.clone());
+    let handle = DnsServer::bind("127.0.0.1:0".parse().expect("addr"), NameTable::new())
+        .await
+        .expect("bind")
+        .with_forwarder(fwd)
+        .spawn(2)
+        .expect("spawn");
+    let addr = handle.local_addr();
+    let g = Arc::clone(&grants);
+    tokio::task::spawn_blocking(move || {
+        let calls = || g.calls.lock().expect("lock").clone();
+        let out = dig(addr, "allowed.test");
+        assert!(
+            out.contains("status: NOERROR") && out.contains("198.18.0.7"),
+            "{out}"
+        );
+        let seen = calls();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].0, me);
+        assert_eq!(
+            seen[0].1.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+            [Ipv4Addr::new(198, 18, 0, 7)]
+        );
+        // Asked again at once: answered, no second helper call.
+        let out = dig(addr, "ALLOWED.test.");
+        assert!(out.contains("198.18.0.7"), "{out}");
+        assert_eq!(calls().len(), 1, "a fresh grant is not asked again");
+        // Another name, a parent of a wildcard, a name under an exact one.
+        for name in ["other.test", "wild.test", "sub.allowed.test"] {
+            let out = dig(addr, name);
+            assert!(out.contains("status: REFUSED"), "{name}: {out}");
+        }
+        assert_eq!(calls().len(), 1, "nothing granted for refused names");
+        let out = dig(addr, "deep.wild.test");
+        assert!(out.contains("198.18.0.9"), "{out}");
+        assert_eq!(calls().len(), 2);
+        // A grant the helper refuses: no answer reaches the guest.
+        *g.fail.lock().expect("lock") = true;
+        clients.set(me.into(), "allow:other.test".parse().expect("policy"));
+        let out = dig(addr, "other.test");
+        assert!(out.contains("status: SERVFAIL"), "{out}");
+        assert!(!out.contains("198.18.0.8"), "{out}");
+        let out = dig(addr, "allowed.test");
+        assert!(out.contains("status: REFUSED"), "the new policy: {out}");
+    })
+    .await
+    .expect("checks");
+    handle.shutdown();
+
+    // An allowlisted client of a forwarder with nowhere to grant: SERVFAIL.
+    let clients = ForwardClients::new();
+    clients.set(me.into(), "allow:allowed.test".parse().expect("policy"));
+    let fwd = Forwarder::new(
+        UpstreamSource::Addrs(vec![([127, 0, 0, 1], up_port).into()]),
+        clients,
+    )
+    .with_timeout(Duration::from_millis(500));
+    let handle = DnsServer::bind("127.0.0.1:0".parse().expect("addr"), NameTable::new())
+        .await
+        .expect("bind")
+        .with_forwarder(fwd)
+        .spawn(1)
+        .expect("spawn");
+    let addr = handle.local_addr();
+    tokio::task::spawn_blocking(move || {
+        let out = dig(addr, "allowed.test");
         assert!(out.contains("status: SERVFAIL"), "{out}");
     })
     .await

@@ -94,6 +94,12 @@ pub fn vm_mac(key: &str) -> Mac {
     Mac([0x02, h[0], h[1], h[2], h[3], h[4]])
 }
 
+/// The bridge's own MAC, fixed (derived from its name) so it never follows
+/// the ports that come and go.
+pub fn bridge_mac(bridge: &str) -> Mac {
+    vm_mac(&format!("\0bridge\0{bridge}"))
+}
+
 /// Prefix of every tap banger creates (`bangertap` + 6 hex digits = 15 bytes,
 /// the kernel's limit).
 pub const TAP_PREFIX: &str = "bangertap";

@@ -107,6 +107,28 @@ impl RootClient {
         }
     }
 
+    /// Let allowlisted `guest` reach each `(address, ttl_secs)` of a DNS
+    /// answer (the helper validates and clamps).
+    pub async fn allow_egress(
+        &self,
+        guest: std::net::Ipv4Addr,
+        addrs: &[(std::net::Ipv4Addr, u32)],
+    ) -> Result<(), RootClientError> {
+        let grants = addrs
+            .iter()
+            .map(|(a, ttl)| banger_proto::root::EgressGrant {
+                addr: a.to_string(),
+                ttl_secs: *ttl,
+            })
+            .collect();
+        self.call(RootOp::AllowEgress {
+            ip: guest.to_string(),
+            grants,
+        })
+        .await
+        .map(|_| ())
+    }
+
     async fn call_inner(&self, op: RootOp) -> Result<RootResponse, RootClientError> {
         let socket = || self.socket.clone();
         let stream = UnixStream::connect(&self.socket)

@@ -238,13 +238,22 @@ fn bridge_cmds(policy: &NetPolicy) -> Vec<Value> {
     c
 }
 
-fn blocked_ranges(policy: &NetPolicy) -> Vec<Value> {
+fn blocked_list(policy: &NetPolicy) -> impl Iterator<Item = &'static (Ipv4Addr, u8)> {
     let lan: &[(Ipv4Addr, u8)] = if policy.block_lan { &LAN_BLOCKED } else { &[] };
-    ALWAYS_BLOCKED
-        .iter()
-        .chain(lan)
-        .map(|(a, l)| cidr(*a, *l))
-        .collect()
+    ALWAYS_BLOCKED.iter().chain(lan)
+}
+
+fn blocked_ranges(policy: &NetPolicy) -> Vec<Value> {
+    blocked_list(policy).map(|(a, l)| cidr(*a, *l)).collect()
+}
+
+/// Whether `addr` is in a range the `blocked` set holds under `policy`
+/// (no guest reaches it, whatever its egress).
+pub fn is_blocked(policy: &NetPolicy, addr: Ipv4Addr) -> bool {
+    blocked_list(policy).any(|(net, len)| {
+        let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
+        u32::from(addr) & mask == u32::from(*net) & mask
+    })
 }
 
 /// The ip table: host input, forwarding policy, masquerade.

@@ -128,3 +128,30 @@ fn the_host_offers_guests_only_dns_and_echo_on_the_gateway() {
         assert!(a.contains("172.16.0.1"), "only the gateway: {a}");
     }
 }
+
+#[test]
+fn blocked_addresses_follow_the_blocked_set() {
+    let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+    let (lan, open) = (policy(true, true), policy(true, false));
+    for a in [
+        "169.254.169.254",
+        "127.0.0.1",
+        "0.1.2.3",
+        "224.0.0.1",
+        "255.255.255.255",
+    ] {
+        assert!(is_blocked(&lan, ip(a)) && is_blocked(&open, ip(a)), "{a}");
+    }
+    for a in ["10.1.2.3", "192.168.7.7", "172.16.0.9", "100.64.0.1"] {
+        assert!(is_blocked(&lan, ip(a)), "{a}");
+        assert!(!is_blocked(&open, ip(a)), "{a} with block_lan = false");
+    }
+    for a in [
+        "198.18.0.2",
+        "140.82.112.3",
+        "172.32.0.1",
+        "223.255.255.255",
+    ] {
+        assert!(!is_blocked(&lan, ip(a)), "{a}");
+    }
+}

@@ -16,6 +16,7 @@ use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
 use serde_json::Value;
 
+use crate::alloc::bridge_mac;
 use crate::host::{HostError, HostNet};
 use crate::nft::TABLE;
 use crate::routes::Route;
@@ -53,6 +54,21 @@ async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>, HostError> {
         Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
         Err(e) => Err(nl_err(format!("look up link {name}"))(e)),
     }
+}
+
+/// The hardware address of link `index`.
+async fn link_address(h: &Handle, index: u32) -> Result<Option<Vec<u8>>, HostError> {
+    let mut links = h.link().get().match_index(index).execute();
+    let msg = links
+        .try_next()
+        .await
+        .map_err(nl_err(format!("look up link {index}")))?;
+    Ok(msg.and_then(|m| {
+        m.attributes.into_iter().find_map(|a| match a {
+            LinkAttribute::Address(v) => Some(v),
+            _ => None,
+        })
+    }))
 }
 
 async fn has_ipv4(h: &Handle, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<bool, HostError> {
@@ -286,6 +302,17 @@ impl HostNet for RealHostNet {
                     Err(e) if is_errno(&e, libc::EEXIST) => {}
                     Err(e) => return Err(nl_err(format!("add {addr}/{prefix} to {name}"))(e)),
                 }
+            }
+            // A fixed address: a bridge otherwise takes its lowest port's
+            // MAC, so a tap joining or leaving would change the gateway's
+            // MAC under every guest and flush the host's neighbour entries.
+            let mac = bridge_mac(name).0.to_vec();
+            if link_address(h, index).await?.as_deref() != Some(mac.as_slice()) {
+                h.link()
+                    .set(LinkUnspec::new_with_index(index).address(mac).build())
+                    .execute()
+                    .await
+                    .map_err(nl_err(format!("set the address of {name}")))?;
             }
             h.link()
                 .set(LinkUnspec::new_with_index(index).up().build())

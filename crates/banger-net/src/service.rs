@@ -17,6 +17,10 @@ use crate::policy::NetPolicy;
 use crate::ports::{self, Port};
 use crate::routes::{default_route_dev, overlapping_route};
 
+/// Most addresses one `allow_egress` may grant (a DNS answer rarely holds
+/// more than a dozen).
+pub const MAX_GRANTS: usize = 64;
+
 /// Executes root operations for one owner uid and one network.
 pub struct RootService<H> {
     host: H,
@@ -292,8 +296,20 @@ impl<H: HostNet> RootService<H> {
         Ok(RootReply::Done)
     }
 
+    /// Grants for an allowlisted guest, from its DNS answers. Everything is
+    /// checked here, not trusted from the daemon: the guest is a registered
+    /// tap's address whose policy is the allowlist, each address is one a
+    /// guest may reach at all (outside the VM subnet and every blocked
+    /// range: a compromised daemon cannot grant metadata or the LAN), at
+    /// most [`MAX_GRANTS`] per request; the TTL is clamped in the batch.
     fn allow_egress(&mut self, ip: &str, grants: &[EgressGrant]) -> Result<RootReply, RootError> {
         let guest = self.vm_ip(ip)?;
+        if grants.len() > MAX_GRANTS {
+            return Err(bad(format!(
+                "{} grants in one request; at most {MAX_GRANTS} (one DNS answer's addresses)",
+                grants.len()
+            )));
+        }
         let mut parsed = Vec::with_capacity(grants.len());
         for g in grants {
             let a: Ipv4Addr = g.addr.parse().map_err(|_| {
@@ -302,8 +318,19 @@ impl<H: HostNet> RootService<H> {
                     g.addr
                 ))
             })?;
-            if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
-                return Err(bad(format!("granted address {a} is not a unicast address")));
+            if a.is_broadcast()
+                || self.policy.subnet.contains(a)
+                || nft::is_blocked(&self.policy, a)
+            {
+                return Err(bad(format!(
+                    "granted address {a} is in the VM subnet or a range no guest may reach \
+                     (loopback, link-local and cloud metadata, multicast, reserved{})",
+                    if self.policy.block_lan {
+                        ", the LAN's private ranges"
+                    } else {
+                        ""
+                    }
+                )));
             }
             parsed.push((a, g.ttl_secs));
         }
@@ -311,6 +338,11 @@ impl<H: HostNet> RootService<H> {
             return Err(conflict(
                 "banger's nftables tables are not installed; send ensure_nat first",
             ));
+        }
+        if self.ports_of(|p| p.ip == guest)?.is_empty() {
+            return Err(conflict(format!(
+                "no tap is registered for {guest}; grants are only for a running VM's address"
+            )));
         }
         let listed = self
             .host

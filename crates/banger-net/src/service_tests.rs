@@ -351,6 +351,14 @@ fn allow_egress_only_for_allowlisted_guests() {
             ttl_secs: 300,
         }],
     };
+    s.host.sets.insert(
+        nft::PORTS_SET.into(),
+        vec![port_elem(
+            "bangertap000002",
+            "02:00:00:00:00:02",
+            "172.16.0.2",
+        )],
+    );
     let err = s.handle(&op).expect_err("not listed");
     assert_eq!(err.kind, RootErrorKind::Conflict);
     s.host
@@ -359,6 +367,69 @@ fn allow_egress_only_for_allowlisted_guests() {
     s.handle(&op).expect("granted");
     let b = s.host().batches()[0].to_string();
     assert!(b.contains("140.82.112.3") && b.contains("300"), "{b}");
+}
+
+#[test]
+fn allow_egress_never_grants_blocked_ranges_or_unregistered_guests() {
+    let mut s = installed();
+    s.host
+        .sets
+        .insert(nft::LISTED_SET.into(), vec![json!("172.16.0.2")]);
+    let grant = |ip: &str, addr: &str| RootOp::AllowEgress {
+        ip: ip.into(),
+        grants: vec![EgressGrant {
+            addr: addr.into(),
+            ttl_secs: 60,
+        }],
+    };
+    let err = s
+        .handle(&grant("172.16.0.2", "140.82.112.3"))
+        .expect_err("no tap holds the address");
+    assert_eq!(err.kind, RootErrorKind::Conflict, "{err}");
+    s.host.sets.insert(
+        nft::PORTS_SET.into(),
+        vec![port_elem(
+            "bangertap000002",
+            "02:00:00:00:00:02",
+            "172.16.0.2",
+        )],
+    );
+    for addr in [
+        "169.254.169.254",
+        "127.0.0.1",
+        "10.1.2.3",
+        "192.168.7.7",
+        "172.16.0.3",
+        "172.16.0.1",
+        "224.0.0.251",
+        "255.255.255.255",
+        "0.0.0.0",
+        "2001:db8::1",
+        "example.com",
+    ] {
+        let err = s.handle(&grant("172.16.0.2", addr)).expect_err(addr);
+        assert_eq!(err.kind, RootErrorKind::BadRequest, "{addr}: {err}");
+    }
+    for ip in ["172.16.0.1", "198.18.0.2", "172.16.0.0"] {
+        let err = s.handle(&grant(ip, "140.82.112.3")).expect_err(ip);
+        assert_eq!(err.kind, RootErrorKind::BadRequest, "{ip}: {err}");
+    }
+    let many = RootOp::AllowEgress {
+        ip: "172.16.0.2".into(),
+        grants: (0..=MAX_GRANTS as u32)
+            .map(|i| EgressGrant {
+                addr: Ipv4Addr::from(0x8c52_0000 + i).to_string(),
+                ttl_secs: 60,
+            })
+            .collect(),
+    };
+    assert_eq!(
+        s.handle(&many).expect_err("too many").kind,
+        RootErrorKind::BadRequest
+    );
+    assert!(s.host().batches().is_empty(), "nothing was granted");
+    s.handle(&grant("172.16.0.2", "198.18.0.4"))
+        .expect("an outside address");
 }
 
 #[test]

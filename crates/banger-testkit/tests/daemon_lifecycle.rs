@@ -239,6 +239,26 @@ async fn create_start_stop_restart_delete() {
     w.d.start_vm("closed").await.expect("start closed");
     assert!(!w.d.dns_clients.allows(ip), "no forwarding for egress none");
     w.d.delete_vm("closed").await.expect("delete closed");
+
+    // An allowlisted VM is forwarded its allowed names only.
+    let listed: banger_proto::EgressPolicy = "allow:example.org".parse().expect("policy");
+    let (rec, _) =
+        w.d.create_vm(CreateVmRequest {
+            name: Some("listed".into()),
+            image: Some("tiny".into()),
+            disk_bytes: Some(256 << 20),
+            ssh_public_key: Some(KEY.into()),
+            egress: Some(listed.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("create listed: {}", e.message));
+    write_fake_config(&w.d.vm_dir("listed"), &FakeFirecrackerConfig::default()).expect("fake");
+    let ip: std::net::IpAddr = rec.ip.as_deref().expect("leased").parse().expect("ip");
+    w.d.start_vm("listed").await.expect("start listed");
+    assert_eq!(w.d.dns_clients.policy(ip).as_deref(), Some(&listed));
+    w.d.delete_vm("listed").await.expect("delete listed");
+    assert!(!w.d.dns_clients.allows(ip), "forwarding ends with the VM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

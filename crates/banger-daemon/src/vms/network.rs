@@ -60,18 +60,15 @@ impl Daemon {
         self.network.teardown(&rec.name, &tap).await
     }
 
-    /// Lets banger's DNS server relay names outside `.vm` for this VM when
-    /// its egress is open (also after a re-adoption: the set lives in the
-    /// daemon's memory). A `none` VM keeps getting REFUSED, so it cannot
-    /// tunnel out through DNS; an `allow:` VM too until the forwarder
-    /// filters by name.
+    /// Lets banger's DNS server relay names outside `.vm` for this VM under
+    /// its egress policy (also after a re-adoption: the table lives in the
+    /// daemon's memory): every name for `all`, only the allowed names for
+    /// `allow:` (their answers' addresses granted through the root helper
+    /// first, see `banger_dns::clients`). A `none` VM keeps getting
+    /// REFUSED, so it cannot tunnel out through DNS.
     pub(crate) fn forward_dns_for(&self, rec: &VmRecord) {
         if let Some(ip) = ipv4(rec) {
-            if egress_of(rec) == banger_proto::EgressPolicy::All {
-                self.dns_clients.allow(ip.into());
-            } else {
-                self.dns_clients.revoke(ip.into());
-            }
+            self.dns_clients.set(ip.into(), egress_of(rec));
         }
     }
 }

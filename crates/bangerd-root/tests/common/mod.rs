@@ -7,6 +7,7 @@
 
 pub mod frames;
 pub mod tap;
+pub mod world;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
