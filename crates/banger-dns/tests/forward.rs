@@ -70,6 +70,28 @@ fn dnsmasq(port: u16, name: &str, extra: &[(&str, &str)]) -> Dnsmasq {
     d
 }
 
+/// banger's server on 127.0.0.1 with `fwd` attached.
+async fn serve(table: NameTable, fwd: Forwarder, workers: usize) -> banger_dns::DnsHandle {
+    DnsServer::bind("127.0.0.1:0".parse().expect("addr"), table)
+        .await
+        .expect("bind")
+        .with_forwarder(fwd)
+        .spawn(workers)
+        .expect("spawn")
+}
+
+/// `name` asked at `handle`'s server gets SERVFAIL; then the server stops.
+async fn servfails(handle: banger_dns::DnsHandle, name: &'static str) {
+    let addr = handle.local_addr();
+    tokio::task::spawn_blocking(move || {
+        let out = dig(addr, name);
+        assert!(out.contains("status: SERVFAIL"), "{out}");
+    })
+    .await
+    .expect("checks");
+    handle.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_outside_names_for_allowed_clients_only() {
     if !which("dig") || !which("dnsmasq") {
@@ -88,11 +110,7 @@ async fn forwards_outside_names_for_allowed_clients_only() {
     let clients = ForwardClients::new();
     let fwd = Forwarder::new(UpstreamSource::Addrs(vec![dead, live]), clients.clone())
         .with_timeout(Duration::from_millis(500));
-    let server = DnsServer::bind("127.0.0.1:0".parse().expect("addr"), table)
-        .await
-        .expect("bind")
-        .with_forwarder(fwd);
-    let handle = server.spawn(2).expect("spawn");
+    let handle = serve(table, fwd, 2).await;
     let addr = handle.local_addr();
 
     let c = clients.clone();
@@ -131,20 +149,7 @@ async fn forwards_outside_names_for_allowed_clients_only() {
     clients.allow("127.0.0.1".parse().expect("ip"));
     let fwd = Forwarder::new(UpstreamSource::Addrs(vec![dead]), clients)
         .with_timeout(Duration::from_millis(500));
-    let handle = DnsServer::bind("127.0.0.1:0".parse().expect("addr"), NameTable::new())
-        .await
-        .expect("bind")
-        .with_forwarder(fwd)
-        .spawn(1)
-        .expect("spawn");
-    let addr = handle.local_addr();
-    tokio::task::spawn_blocking(move || {
-        let out = dig(addr, "outside.test");
-        assert!(out.contains("status: SERVFAIL"), "{out}");
-    })
-    .await
-    .expect("checks");
-    handle.shutdown();
+    servfails(serve(NameTable::new(), fwd, 1).await, "outside.test").await;
 }
 
 /// A FAKE grant sink (the daemon's real one calls the root helper, tested
@@ -203,12 +208,7 @@ async fn allowlisted_clients_get_only_their_names_granted_before_the_answer() {
     )
     .with_timeout(Duration::from_millis(500))
     .with_grants(grants.clone());
-    let handle = DnsServer::bind("127.0.0.1:0".parse().expect("addr"), NameTable::new())
-        .await
-        .expect("bind")
-        .with_forwarder(fwd)
-        .spawn(2)
-        .expect("spawn");
+    let handle = serve(NameTable::new(), fwd, 2).await;
     let addr = handle.local_addr();
     let g = Arc::clone(&grants);
     tokio::task::spawn_blocking(move || {
@@ -259,18 +259,5 @@ async fn allowlisted_clients_get_only_their_names_granted_before_the_answer() {
         clients,
     )
     .with_timeout(Duration::from_millis(500));
-    let handle = DnsServer::bind("127.0.0.1:0".parse().expect("addr"), NameTable::new())
-        .await
-        .expect("bind")
-        .with_forwarder(fwd)
-        .spawn(1)
-        .expect("spawn");
-    let addr = handle.local_addr();
-    tokio::task::spawn_blocking(move || {
-        let out = dig(addr, "allowed.test");
-        assert!(out.contains("status: SERVFAIL"), "{out}");
-    })
-    .await
-    .expect("checks");
-    handle.shutdown();
+    servfails(serve(NameTable::new(), fwd, 1).await, "allowed.test").await;
 }

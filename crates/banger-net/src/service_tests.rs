@@ -40,6 +40,18 @@ fn port_elem(tap: &str, mac: &str, ip: &str) -> Value {
     json!({"concat": [tap, mac, ip]})
 }
 
+/// The ports set holds `bangertap0000NN` at `172.16.0.NN` (two digits).
+fn registered(s: &mut RootService<FakeHostNet>, last: u8) {
+    s.host.sets.insert(
+        nft::PORTS_SET.into(),
+        vec![port_elem(
+            &format!("bangertap0000{last:02}"),
+            &format!("02:00:00:00:00:{last:02}"),
+            &format!("172.16.0.{last}"),
+        )],
+    );
+}
+
 #[test]
 fn ensure_bridge_gives_gateway_address() {
     let mut s = svc();
@@ -264,14 +276,7 @@ fn create_tap_needs_the_filters_installed() {
 #[test]
 fn a_live_siblings_address_or_mac_cannot_be_taken_but_a_stale_one_is_replaced() {
     let mut s = installed();
-    s.host.sets.insert(
-        nft::PORTS_SET.into(),
-        vec![port_elem(
-            "bangertap000009",
-            "02:00:00:00:00:09",
-            "172.16.0.9",
-        )],
-    );
+    registered(&mut s, 9);
     s.host.links = vec!["bangertap000009".into()];
     for op in [
         tap_op(
@@ -310,14 +315,7 @@ fn a_live_siblings_address_or_mac_cannot_be_taken_but_a_stale_one_is_replaced() 
 #[test]
 fn delete_tap_forgets_identity_policy_and_grants() {
     let mut s = installed();
-    s.host.sets.insert(
-        nft::PORTS_SET.into(),
-        vec![port_elem(
-            "bangertap000002",
-            "02:00:00:00:00:02",
-            "172.16.0.2",
-        )],
-    );
+    registered(&mut s, 2);
     s.host.sets.insert(
         nft::ALLOWED_SET.into(),
         vec![
@@ -351,14 +349,7 @@ fn allow_egress_only_for_allowlisted_guests() {
             ttl_secs: 300,
         }],
     };
-    s.host.sets.insert(
-        nft::PORTS_SET.into(),
-        vec![port_elem(
-            "bangertap000002",
-            "02:00:00:00:00:02",
-            "172.16.0.2",
-        )],
-    );
+    registered(&mut s, 2);
     let err = s.handle(&op).expect_err("not listed");
     assert_eq!(err.kind, RootErrorKind::Conflict);
     s.host
@@ -386,14 +377,7 @@ fn allow_egress_never_grants_blocked_ranges_or_unregistered_guests() {
         .handle(&grant("172.16.0.2", "140.82.112.3"))
         .expect_err("no tap holds the address");
     assert_eq!(err.kind, RootErrorKind::Conflict, "{err}");
-    s.host.sets.insert(
-        nft::PORTS_SET.into(),
-        vec![port_elem(
-            "bangertap000002",
-            "02:00:00:00:00:02",
-            "172.16.0.2",
-        )],
-    );
+    registered(&mut s, 2);
     for addr in [
         "169.254.169.254",
         "127.0.0.1",
