@@ -463,6 +463,18 @@ impl Config {
             });
         }
         let net = raw.network.unwrap_or_default();
+        if let Some(sub) = net.subnet
+            && sub.private_range().is_none()
+        {
+            // The root helper refuses such a bridge; say so here, before an
+            // install writes units that could never start.
+            return Err(ConfigError::Value {
+                path: path.into(),
+                message: format!(
+                    "[network] subnet {sub} is not inside a private range (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16); choose a free private /24"
+                ),
+            });
+        }
         let dns = raw.dns.unwrap_or_default();
         Ok(Config {
             source: Some(path.to_path_buf()),
@@ -1057,6 +1069,20 @@ upstream_resolv_conf = "/run/NetworkManager/no-stub-resolv.conf"
         assert!(Subnet::parse("10.0.0.0/30").is_err());
         assert!(Subnet::parse("10.0.0.0").is_err());
         assert!(Subnet::parse("300.0.0.0/24").is_err());
+        let e = Config::parse(
+            "[network]\nsubnet = \"198.19.77.0/24\"\n",
+            Path::new("/c.toml"),
+        )
+        .expect_err("not private")
+        .to_string();
+        assert!(e.contains("not inside a private range"), "{e}");
+        assert!(
+            Config::parse(
+                "[network]\nsubnet = \"192.168.77.0/24\"\n",
+                Path::new("/c.toml")
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -22,10 +22,10 @@ pub async fn start_dns(daemon: &Arc<Daemon>, opts: &Options) -> Option<banger_dn
             if !daemon.network.attaches() {
                 return None;
             }
-            let subnet = daemon.config.vm_subnet().value;
+            let subnet = daemon.config().vm_subnet().value;
             // The gateway address exists only once the bridge does. Under
             // systemd the helper may still be starting: retry briefly.
-            let (bridge, cidr) = (daemon.config.bridge_name().value, subnet.to_string());
+            let (bridge, cidr) = (daemon.config().bridge_name().value, subnet.to_string());
             let mut tries = 0;
             loop {
                 match daemon.network.ensure_bridge(&bridge, &cidr).await {
@@ -40,7 +40,7 @@ pub async fn start_dns(daemon: &Arc<Daemon>, opts: &Options) -> Option<banger_dn
                     }
                 }
             }
-            daemon.config.dns_socket_addr()
+            daemon.config().dns_socket_addr()
         }
     };
     // Names outside .vm go to the host's real upstreams, for guests with
@@ -48,7 +48,7 @@ pub async fn start_dns(daemon: &Arc<Daemon>, opts: &Options) -> Option<banger_dn
     // are granted through the root helper first.
     let home = banger_core::host::home_dir().unwrap_or_default();
     let forwarder = banger_dns::Forwarder::new(
-        banger_dns::UpstreamSource::from_file(daemon.config.dns_upstream_file(&home)),
+        banger_dns::UpstreamSource::from_file(daemon.config().dns_upstream_file(&home)),
         daemon.dns_clients.clone(),
     )
     .with_grants(Arc::new(crate::host_net::NetGrants(Arc::clone(
@@ -93,7 +93,7 @@ pub async fn start_dns(daemon: &Arc<Daemon>, opts: &Options) -> Option<banger_dn
 /// bridge link (the root helper runs resolvectl). Elsewhere docs/dns-routing.md
 /// has manual recipes.
 async fn wire_resolved(daemon: &Arc<Daemon>, addr: std::net::SocketAddr) {
-    if daemon.config.dns_auto_resolved == Some(false) {
+    if daemon.config().dns_auto_resolved == Some(false) {
         tracing::info!("[dns] auto_resolved = false: not wiring systemd-resolved");
         return;
     }
@@ -111,7 +111,7 @@ async fn wire_resolved(daemon: &Arc<Daemon>, addr: std::net::SocketAddr) {
     } else {
         addr.to_string()
     };
-    let bridge = daemon.config.bridge_name().value;
+    let bridge = daemon.config().bridge_name().value;
     match daemon.network.wire_resolved(&bridge, &dns_addr).await {
         Ok(()) => tracing::info!("systemd-resolved routes .vm to {addr}"),
         Err(e) => tracing::warn!("cannot wire systemd-resolved for .vm: {e}"),

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod images;
 pub mod oci;
 pub mod readiness;
+pub mod settings;
 pub mod state_lock;
 pub mod vm_dir;
 pub mod vms;
@@ -32,7 +33,8 @@ use banger_store::Store;
 /// Everything a request handler may need.
 pub struct Daemon {
     pub paths: Paths,
-    pub config: Config,
+    /// The configuration in force (reloadable; see [`settings`]).
+    pub settings: settings::Settings,
     pub store: Store,
     /// Which VMM drives guests on this host (or why none can).
     pub selection: Result<banger_vmm::Selection, String>,
@@ -127,6 +129,31 @@ pub fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 impl Daemon {
+    /// The configuration in force now (a reload may replace it).
+    pub fn config(&self) -> Arc<Config> {
+        self.settings.get()
+    }
+
+    /// Reads the config file again (SIGHUP, `banger config reload`).
+    pub fn reload_config(&self) -> banger_proto::ConfigReload {
+        self.settings.reload(self.host_facts(), &self.home())
+    }
+
+    /// The configuration in force, as `config show` prints it.
+    pub fn config_report(&self) -> banger_proto::DaemonConfig {
+        self.settings.report(self.host_facts(), &self.home())
+    }
+
+    /// The facts VM sizes are derived from on this host and VMM.
+    pub(crate) fn host_facts(&self) -> banger_core::config::HostFacts {
+        let emulated = self.selection.as_ref().is_ok_and(|s| s.emulated());
+        banger_core::config::HostFacts::probe().emulated(emulated)
+    }
+
+    fn home(&self) -> std::path::PathBuf {
+        banger_core::host::home_dir().unwrap_or_default()
+    }
+
     /// Opens state on the real host (see [`Wiring::probe`]).
     pub fn open(paths: Paths, config: Config, opts: &Options) -> anyhow::Result<Daemon> {
         let wiring = Wiring::probe(&paths, &config, opts);
@@ -165,9 +192,10 @@ impl Daemon {
             tracing::info!(path = %p.display(), "removed an interrupted layer download");
         }
         let store = Store::open(&paths.db())?;
+        let file = config.source.clone();
         let daemon = Daemon {
             paths,
-            config,
+            settings: settings::Settings::new(config, file),
             store,
             selection: wiring.selection,
             network: wiring.network,

@@ -119,7 +119,7 @@ impl Daemon {
                 format!("{args} {}", banger_agent::init::INIT_BOOT_ARG)
             }
         };
-        if let Ok(img) = self.store.get_image(&self.config.image_name().value)
+        if let Ok(img) = self.store.get_image(&self.config().image_name().value)
             && self.store.get_kernel(&img.kernel).is_ok()
         {
             let args = banger_image::store::ImageRecord::load(Path::new(&img.dir))
@@ -193,7 +193,7 @@ impl Daemon {
         banger_core::names::validate_image_name(&name)?;
         let _guard = OCI_PULL_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let mut registry = banger_oci::RegistryOptions {
-            insecure_registries: self.config.insecure_registries.clone(),
+            insecure_registries: self.config().insecure_registries.clone(),
             ..Default::default()
         };
         registry.auth_files.retain(|p| p.is_file());

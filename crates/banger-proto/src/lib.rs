@@ -4,10 +4,12 @@
 
 pub mod agent;
 pub mod api;
+pub mod config;
 pub mod egress;
 pub mod oci;
 pub mod root;
 
 pub use api::*;
+pub use config::{ConfigReload, ConfigValue, DaemonConfig};
 pub use egress::EgressPolicy;
 pub use oci::{OciPullEvent, OciPullRequest, OciRunConfig};

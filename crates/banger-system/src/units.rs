@@ -95,6 +95,8 @@ After={ROOT_UNIT} network.target
 Type=notify
 NotifyAccess=main
 ExecStart={bin_dir}/bangerd --socket {SOCKET} --state-dir {STATE_DIR} --cache-dir {CACHE_DIR} --runtime-dir {RUNTIME_DIR}
+# `systemctl reload bangerd`: re-read config.toml (see `banger config reload`).
+ExecReload=/bin/kill -HUP $MAINPID
 Environment=BANGER_ROOT_SOCKET={ROOT_SOCKET}
 Environment=BANGER_VSOCK_AGENT={agent}
 User={user}

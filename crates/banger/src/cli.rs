@@ -428,9 +428,30 @@ pub struct KernelName {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Print every effective setting and where it came from.
-    #[command(after_help = "Examples:\n  banger config show\n  banger config show --json")]
-    Show(JsonFlag),
+    /// Print every effective setting and where it came from: what the
+    /// running daemon loaded (and whether the file changed since), or the
+    /// file itself when bangerd is not running or with --file.
+    #[command(
+        after_help = "Examples:\n  banger config show\n  banger config show --json\n  banger config show --file"
+    )]
+    Show(ConfigShowArgs),
+    /// Make the running daemon read its config file again (as SIGHUP does).
+    ///
+    /// Settings read at each use (default image, VM sizes, egress default,
+    /// file_sync, catalog, insecure registries) apply at once; a change to
+    /// the bridge, subnet, DNS or VMM settings applies nothing and says
+    /// that bangerd needs a restart.
+    #[command(after_help = "Examples:\n  banger config reload\n  sudo systemctl reload bangerd")]
+    Reload,
+}
+
+#[derive(Debug, Args, Clone, Copy)]
+pub struct ConfigShowArgs {
+    /// Show the file as it would load now, not what the daemon runs with.
+    #[arg(long)]
+    pub file: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Subcommand)]

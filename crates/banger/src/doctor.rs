@@ -244,6 +244,33 @@ pub fn daemon_check(daemon: Result<String, String>) -> Check {
     }
 }
 
+/// Which configuration the running daemon uses, and whether the file
+/// changed since it loaded it.
+pub fn daemon_config_check(d: &banger_proto::DaemonConfig) -> Check {
+    let last = d
+        .last_reload
+        .as_ref()
+        .map(|r| format!("; last reload {r}"))
+        .unwrap_or_default();
+    if d.changed_since_load {
+        check(
+            "config",
+            CheckStatus::Warn,
+            format!("{} changed since bangerd loaded it{last}", d.file),
+            Some("banger config reload (applies what it can, names what needs a restart)"),
+            false,
+        )
+    } else {
+        check(
+            "config",
+            CheckStatus::Ok,
+            format!("bangerd runs with {} as it is now{last}", d.file),
+            None,
+            false,
+        )
+    }
+}
+
 /// What `image pull NAME` can fetch here, and what `vm run` does when the
 /// default image is missing: an empty catalog is said, not discovered.
 fn catalog_check(config: &Config, home: &Path) -> Check {

@@ -266,6 +266,7 @@ fn config_show_reports_provenance_and_rejects_bad_files() {
     let (code, out, err) = stdout_of(
         banger()
             .args(["config", "show", "--json"])
+            .env("BANGER_SOCKET", dir.path().join("no-daemon.sock"))
             .env("BANGER_CONFIG", &cfg),
     );
     assert_eq!(code, 0, "{err}");

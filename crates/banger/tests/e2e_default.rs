@@ -310,7 +310,7 @@ fn system_install_in_guest(env: &GuestEnv, agent: &Path) {
     // The owner, with a subnet of its own: the guest itself sits on the
     // outer banger's 172.16.0.0/24.
     let setup = "useradd -m -s /bin/sh dev && mkdir -p /home/dev/.config/banger \
-        && printf '[network]\\nsubnet = \"198.19.77.0/24\"\\n' > /home/dev/.config/banger/config.toml \
+        && printf '[network]\\nsubnet = \"192.168.77.0/24\"\\n' > /home/dev/.config/banger/config.toml \
         && chown -R dev:dev /home/dev/.config";
     let (code, out, err) = exec(env, setup);
     assert_eq!(code, 0, "{out}{err}");

@@ -533,3 +533,105 @@ fn ssh_config_install_keeps_a_symlink_and_writes_the_included_file_at_once() {
         );
     }
 }
+
+/// `config show` as the daemon reports it, parsed.
+fn running_config(d: &Daemon) -> serde_json::Value {
+    let (code, out, err) = run(d.cli().args(["config", "show", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).expect("json")
+}
+
+fn config_value(v: &serde_json::Value, key: &str) -> serde_json::Value {
+    v["values"]
+        .as_array()
+        .expect("values")
+        .iter()
+        .find(|r| r["key"] == key)
+        .map(|r| r["value"].clone())
+        .unwrap_or_else(|| panic!("no {key} in {v}"))
+}
+
+#[test]
+fn config_show_is_what_the_daemon_loaded_and_sighup_reloads_it() {
+    let d = Daemon::prepare();
+    let file = d.root().join("config.toml");
+    std::fs::write(&file, "default_image_name = \"one\"\n").expect("write");
+    let d = d.start();
+    let v = running_config(&d);
+    assert_eq!(v["from"], "daemon", "{v}");
+    assert_eq!(v["file"], file.display().to_string());
+    assert_eq!(config_value(&v, "default_image_name"), "one");
+    assert_eq!(v["changed_since_load"], false);
+
+    // Edited: the daemon still runs with the old value and says so.
+    std::fs::write(&file, "default_image_name = \"two\"\n").expect("write");
+    let v = running_config(&d);
+    assert_eq!(config_value(&v, "default_image_name"), "one");
+    assert_eq!(v["changed_since_load"], true);
+    let (_, out, _) = run(d.cli().arg("doctor"));
+    let line = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("config"))
+        .unwrap_or_else(|| panic!("doctor has a config line:\n{out}"));
+    assert!(
+        line.starts_with("warn") && line.contains("changed since bangerd loaded it"),
+        "{line}"
+    );
+    let (_, out, _) = run(d.cli().args(["config", "show"]));
+    assert!(out.contains("the file changed since"), "{out}");
+    // --file shows the file as it would load now.
+    let (code, out, err) = run(d
+        .cli()
+        .args(["config", "show", "--file", "--json"])
+        .env("BANGER_CONFIG", &file));
+    assert_eq!(code, 0, "{err}");
+    let f: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        (f["from"].as_str(), config_value(&f, "default_image_name")),
+        (Some("file"), "two".into())
+    );
+
+    // SIGHUP applies it.
+    // SAFETY: signalling the daemon this test started, by its pid.
+    unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = running_config(&d);
+        if config_value(&v, "default_image_name") == "two" {
+            assert_eq!(v["changed_since_load"], false);
+            assert_eq!(v["last_reload"]["outcome"], "applied", "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not reload: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A key wired into the running host: nothing applied, restart named.
+    std::fs::write(
+        &file,
+        "default_image_name = \"three\"\n[network]\nbridge = \"banger7\"\n",
+    )
+    .expect("write");
+    let (code, out, _) = run(d.cli().args(["config", "reload"]));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("network.bridge") && out.contains("restart"),
+        "{out}"
+    );
+    assert_eq!(
+        config_value(&running_config(&d), "default_image_name"),
+        "two"
+    );
+    // An invalid file: refused with its error, the daemon keeps running.
+    std::fs::write(&file, "default_image_name = [\n").expect("write");
+    let (code, out, _) = run(d.cli().args(["config", "reload"]));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("invalid") && out.contains("config.toml:"),
+        "{out}"
+    );
+    assert_eq!(
+        config_value(&running_config(&d), "default_image_name"),
+        "two"
+    );
+}

@@ -15,10 +15,13 @@ pub use banger_daemon::{Daemon, DaemonError, Options};
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(paths: Paths, config_path: Option<PathBuf>, opts: Options) -> anyhow::Result<()> {
-    let config = match &config_path {
+    let file = config_path.or_else(banger_core::paths::config_file);
+    let mut config = match &file {
         Some(p) => Config::load(p)?,
-        None => Config::load_default()?,
+        None => Config::default(),
     };
+    // The file the daemon reads, present or not: a reload looks there.
+    config.source = file;
     let socket_path = paths.socket.clone();
     let daemon = Arc::new(Daemon::open(paths, config, &opts)?);
     daemon.readopt().await?;
@@ -37,16 +40,32 @@ pub async fn run(paths: Paths, config_path: Option<PathBuf>, opts: Options) -> a
     // Not under systemd this is a no-op; under Type=notify it tells systemd
     // the socket is ready for clients.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let reload = tokio::spawn(reload_on_sighup(Arc::clone(&daemon)));
     let app = api::router(daemon);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("API server failed")?;
     dns.abort();
+    reload.abort();
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("bangerd stopped");
     Ok(())
+}
+
+/// SIGHUP re-reads the config file (see `banger_daemon::settings`).
+async fn reload_on_sighup(daemon: Arc<Daemon>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("no SIGHUP handler: reload the config with `banger config reload`");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the config file");
+        let d = Arc::clone(&daemon);
+        let _ = tokio::task::spawn_blocking(move || d.reload_config()).await;
+    }
 }
 
 async fn shutdown_signal() {

@@ -80,7 +80,7 @@ impl Daemon {
                 Some(p)
             }
             None => self
-                .config
+                .config()
                 .catalog_file
                 .as_ref()
                 .map(|p| p.expand(&banger_core::host::home_dir().unwrap_or_default())),
@@ -113,7 +113,7 @@ impl Daemon {
         }
         let catalog = self.catalog(req.catalog.as_deref())?;
         let entry = catalog.find(&req.name).map_err(|_| {
-            let source = match (&req.catalog, &self.config.catalog_file) {
+            let source = match (&req.catalog, &self.config().catalog_file) {
                 (Some(f), _) => format!("catalog file {f}"),
                 (None, Some(f)) => format!("catalog_file {} from config", f.0),
                 (None, None) => "the catalog built into banger".to_string(),

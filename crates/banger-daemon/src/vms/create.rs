@@ -14,10 +14,7 @@ use crate::{Daemon, DaemonError};
 impl Daemon {
     /// The sizing a create request gets: request, else config/heuristics.
     pub fn resolve_spec(&self, req: &banger_proto::CreateVmRequest) -> VmSpec {
-        let emulated = self.selection.as_ref().is_ok_and(|s| s.emulated());
-        let mut spec = self
-            .config
-            .vm_defaults(banger_core::config::HostFacts::probe().emulated(emulated));
+        let mut spec = self.config().vm_defaults(self.host_facts());
         if let Some(v) = req.vcpu {
             spec.vcpu = Sourced::new(v, Provenance::Flag);
         }
@@ -61,7 +58,7 @@ impl Daemon {
         let image = req
             .image
             .clone()
-            .unwrap_or_else(|| self.config.image_name().value);
+            .unwrap_or_else(|| self.config().image_name().value);
         Ok(banger_proto::VmPlan {
             name: req.name.clone(),
             image_present: self.store.get_image(&image).is_ok(),
@@ -80,14 +77,14 @@ impl Daemon {
         let image_name = req
             .image
             .clone()
-            .unwrap_or_else(|| self.config.image_name().value);
+            .unwrap_or_else(|| self.config().image_name().value);
         let image = self.store.get_image(&image_name).map_err(|_| {
             DaemonError::not_found(format!(
                 "no image named {image_name:?}; build it (`banger image build {image_name}`), register one (`banger image register`) or pull an OCI image (`banger image pull REF --name {image_name}`)"
             ))
         })?;
         let spec = self.checked_spec(&req)?;
-        let subnet = self.config.vm_subnet().value;
+        let subnet = self.config().vm_subnet().value;
         let pick = move |used: &[String]| {
             let used = used.iter().filter_map(|s| s.parse().ok()).collect();
             banger_net::allocate_ip(&subnet, &used)
@@ -97,7 +94,7 @@ impl Daemon {
         let egress = match (&req.egress, req.no_egress) {
             (_, true) => banger_proto::EgressPolicy::None,
             (Some(e), false) => e.clone(),
-            (None, false) => self.config.egress().value,
+            (None, false) => self.config().egress().value,
         };
         // A shape with a warm snapshot gets its disks from it at the first start.
         let warm = !req.cold && self.warm_available(&image.name, &spec);
@@ -244,8 +241,8 @@ impl Daemon {
             .map_err(DaemonError::internal)?;
         let home = banger_core::host::home_dir();
         let plan = match home {
-            Some(h) if !self.config.file_sync.is_empty() => {
-                crate::file_sync::plan(&self.config.file_sync, &h)
+            Some(h) if !self.config().file_sync.is_empty() => {
+                crate::file_sync::plan(&self.config().file_sync, &h)
                     .map_err(|e| DaemonError::bad_request(e.to_string()))?
             }
             _ => crate::file_sync::SyncPlan::default(),

@@ -25,8 +25,8 @@ impl Daemon {
         })?;
         let wiring = TapWiring {
             vm: rec.name.clone(),
-            bridge: self.config.bridge_name().value,
-            subnet: self.config.vm_subnet().value.to_string(),
+            bridge: self.config().bridge_name().value,
+            subnet: self.config().vm_subnet().value.to_string(),
             tap: banger_net::tap_name(&rec.name),
             // SAFETY: geteuid has no preconditions.
             owner_uid: unsafe { libc::geteuid() },

@@ -56,7 +56,7 @@ impl Daemon {
         if let Some(ip) = ipv4(rec)
             && self.network.attaches()
         {
-            let subnet = self.config.vm_subnet().value;
+            let subnet = self.config().vm_subnet().value;
             let mask = Ipv4Addr::from(subnet.mask());
             let dns = self.guest_dns.map(|a| a.to_string()).unwrap_or_default();
             args.push_str(&format!(

@@ -182,7 +182,7 @@ impl Daemon {
         let public = std::fs::read_to_string(key.with_extension("pub"))
             .map_err(|e| DaemonError::internal(format!("cannot read the host key: {e}")))?;
         let net = ipv4(rec).filter(|_| self.network.attaches());
-        let subnet = self.config.vm_subnet().value;
+        let subnet = self.config().vm_subnet().value;
         Ok(Identity {
             name: rec.name.clone(),
             mac: rec.mac.clone(),
@@ -200,10 +200,10 @@ impl Daemon {
         let Some(home) = banger_core::host::home_dir() else {
             return Ok(None);
         };
-        if self.config.file_sync.is_empty() {
+        if self.config().file_sync.is_empty() {
             return Ok(None);
         }
-        let plan = crate::file_sync::plan(&self.config.file_sync, &home)
+        let plan = crate::file_sync::plan(&self.config().file_sync, &home)
             .map_err(|e| DaemonError::bad_request(e.to_string()))?;
         let tmp = tempfile::Builder::new()
             .prefix("file-sync-")

@@ -24,7 +24,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::completion::write_script(a.shell, &mut out)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config(c) => config::run(c),
+        Command::Config(c) => config::run(&client, c),
         Command::Doctor(j) => doctor(&client, j.json),
         Command::SshConfig(a) => ssh_config::run(&client, a),
         Command::Vm(c) => block_on(vm::run(&client, c)),
@@ -84,22 +84,37 @@ fn doctor(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
             print_check(c)?;
         }
     }
-    let daemon = block_on(async {
+    let (daemon, loaded) = block_on(async {
         Ok(match client.version_within(DOCTOR_DAEMON_WAIT).await {
-            Ok(v) => Ok(format!(
-                "running (pid {}, version {}) at {}",
-                v.pid,
-                v.daemon_version,
-                client.socket().display()
-            )),
-            Err(e) => Err(e.to_string().lines().next().unwrap_or_default().to_string()),
+            Ok(v) => (
+                Ok(format!(
+                    "running (pid {}, version {}) at {}",
+                    v.pid,
+                    v.daemon_version,
+                    client.socket().display()
+                )),
+                client
+                    .get_with_timeout::<banger_proto::DaemonConfig>(
+                        "/v1/config",
+                        DOCTOR_DAEMON_WAIT,
+                    )
+                    .await,
+            ),
+            Err(e) => (
+                Err(e.to_string().lines().next().unwrap_or_default().to_string()),
+                None,
+            ),
         })
     })?;
     report.checks.push(crate::doctor::daemon_check(daemon));
+    let daemon_checks = 1 + usize::from(loaded.is_some());
+    if let Some(d) = &loaded {
+        report.checks.push(crate::doctor::daemon_config_check(d));
+    }
     if json {
         output::print_json(&report)?;
     } else {
-        if let Some(c) = report.checks.last() {
+        for c in &report.checks[report.checks.len() - daemon_checks..] {
             print_check(c)?;
         }
         outln!()?;

@@ -114,6 +114,8 @@ pub fn router(daemon: AppState) -> Router {
     Router::new()
         .route("/v1/version", get(version))
         .route("/v1/names", get(names))
+        .route("/v1/config", get(config))
+        .route("/v1/config/reload", axum::routing::post(reload_config))
         .merge(vms::routes())
         .merge(images::routes())
         .merge(oci::routes())
@@ -128,6 +130,16 @@ async fn version() -> Json<VersionInfo> {
         daemon_version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
     })
+}
+
+/// The configuration this daemon runs with (not the file's text now).
+async fn config(State(d): State<AppState>) -> Json<banger_proto::DaemonConfig> {
+    Json(d.config_report())
+}
+
+/// What SIGHUP does, for a client that cannot signal the daemon.
+async fn reload_config(State(d): State<AppState>) -> Json<banger_proto::ConfigReload> {
+    Json(d.reload_config())
 }
 
 async fn names(State(d): State<AppState>) -> ApiResult<Names> {
