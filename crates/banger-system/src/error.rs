@@ -116,6 +116,8 @@ pub enum SystemError {
     )]
     OwnerConfig { path: PathBuf, why: String },
 
+    #[error("refusing to create {} as root: {why}", path.display())]
+    UnsafeDir { path: PathBuf, why: String },
     #[error("cannot install signal handlers for the foreground run: {0}")]
     Signals(#[source] std::io::Error),
 }

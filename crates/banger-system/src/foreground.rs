@@ -208,8 +208,18 @@ impl std::fmt::Debug for Foreground {
 
 /// Create `dir` with `mode` (and owner) if it is missing. An existing
 /// directory is left exactly as it is: a socket path such as /tmp/x.sock
-/// must never lead to re-moding or re-owning /tmp.
-fn prepare_dir(dir: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
+/// must never lead to re-moding or re-owning /tmp. As root for another
+/// owner (`who`), no link the owner could plant is followed and no parent
+/// the owner can write is used ([`crate::owned_dir`]).
+fn prepare_dir(
+    dir: &Path,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    who: Option<crate::owned_dir::Untrusted>,
+) -> Result<()> {
+    if let Some(who) = who {
+        return crate::owned_dir::create_owned_dir(dir, mode, owner, who).map(|_| ());
+    }
     if dir.is_dir() {
         return Ok(());
     }
@@ -349,11 +359,12 @@ impl Foreground {
         // As root we hand the daemon's directories to the owner; otherwise
         // they are already ours.
         let chown_to = (facts.is_root() && owner.uid != 0).then_some((owner.uid, owner.gid));
+        let who = chown_to.map(|(uid, gid)| crate::owned_dir::Untrusted { uid, gid });
         for dir in [&p.state_dir, &p.cache_dir, &p.runtime_dir] {
-            prepare_dir(dir, 0o700, chown_to)?;
+            prepare_dir(dir, 0o700, chown_to, who)?;
         }
         if let Some(sock_dir) = p.socket.parent() {
-            prepare_dir(sock_dir, 0o700, chown_to)?;
+            prepare_dir(sock_dir, 0o700, chown_to, who)?;
         }
 
         let helper = if facts.is_root() {
@@ -365,7 +376,7 @@ impl Foreground {
             }
             if let Some(dir) = p.root_socket.parent() {
                 // root:<owner group> 0750, as RuntimeDirectory gives the unit.
-                prepare_dir(dir, 0o750, Some((0, owner.gid)))?;
+                prepare_dir(dir, 0o750, Some((0, owner.gid)), who)?;
             }
             let mut cmd = base_command(&helper_bin, Some(&HELPER_CAPS));
             cmd.arg("--socket")

@@ -15,6 +15,7 @@ mod helper_net;
 mod install;
 mod layout;
 mod metadata;
+mod owned_dir;
 mod sockets;
 mod systemctl;
 mod units;

@@ -19,7 +19,7 @@
 
 use std::io::{BufRead, BufReader, ErrorKind, IsTerminal, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -154,6 +154,22 @@ fn bind(path: &Path, owner_uid: u32) -> Result<UnixListener> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
             .with_context(|| format!("setting permissions of {}", dir.display()))?;
     }
+    // The socket is chowned and chmodded by path below: in a directory the
+    // owner could write, they could swap it for a link to any file.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dm = std::fs::metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?;
+    let other_writable = dm.mode() & 0o002 != 0 && dm.mode() & 0o1000 == 0;
+    if (owner_uid != 0 && dm.uid() == owner_uid && dm.mode() & 0o200 != 0) || other_writable {
+        bail!(
+            "the socket directory {} can be written by uid {owner_uid} or by anyone; the root \
+             helper's socket must live in a directory only root can change (the default {} is)",
+            dir.display(),
+            DEFAULT_ROOT_SOCKET
+        );
+    }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {
@@ -174,7 +190,7 @@ fn bind(path: &Path, owner_uid: u32) -> Result<UnixListener> {
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::os::unix::fs::chown(path, Some(owner_uid), None)
+    std::os::unix::fs::lchown(path, Some(owner_uid), None)
         .with_context(|| format!("handing {} to uid {owner_uid}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
