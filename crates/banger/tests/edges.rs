@@ -405,7 +405,10 @@ fn one_set_of_limits_and_flags_checked_before_anything_is_made() {
     let cfg = d.root().join("config.toml");
     // config takes only what the daemon would take
     std::fs::write(&cfg, "[vm_defaults]\nvcpu = 48\n").expect("write");
-    let (code, _, err) = run(d.cli().args(["config", "show"]).env("BANGER_CONFIG", &cfg));
+    let (code, _, err) = run(d
+        .cli()
+        .args(["config", "show", "--file"])
+        .env("BANGER_CONFIG", &cfg));
     assert_eq!(code, 1);
     assert!(err.contains("vcpu 48 is outside 1..=32"), "{err}");
     std::fs::remove_file(&cfg).expect("rm");
