@@ -42,7 +42,7 @@ pub const SYSTEMD_UNIT: &str = include_str!("../assets/banger-vsock-agent.servic
 pub const SYSTEMD_UNIT_NAME: &str = "banger-vsock-agent.service";
 
 /// Where images install the agent binary (the unit's `ExecStart`).
-pub const AGENT_INSTALL_PATH: &str = "/usr/local/bin/banger-vsock-agent";
+pub use banger_proto::agent::AGENT_INSTALL_PATH;
 
 #[cfg(test)]
 mod tests {

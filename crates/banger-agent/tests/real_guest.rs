@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use banger_agent::{AgentClient, AgentTarget, SerialChannel};
 use banger_proto::agent::{AGENT_SERIAL_PORT, ExecRequest, ExitStatus, TtySize};
 use banger_vmm::{
-    AfterSnapshot, AgentPortSpec, KernelFiles, MemoryMode, QemuDriver, RunningVmm, Vmm, VmmConfig,
-    VmmPreference, VmmSpec, clone_disk, select_vmm,
+    AfterSnapshot, AgentPortSpec, KernelFiles, MemoryMode, QemuDriver, RunningVmm, Vmm, VmmChoice,
+    VmmConfig, VmmSpec, clone_disk, select_vmm,
 };
 use tokio::io::AsyncReadExt;
 
@@ -87,7 +87,7 @@ async fn agent_in_a_real_guest_over_the_serial_channel_survives_migration() {
         return;
     }
     let sel = match select_vmm(&VmmConfig {
-        preference: VmmPreference::Qemu,
+        preference: VmmChoice::Qemu,
         ..Default::default()
     }) {
         Ok(s) => s,

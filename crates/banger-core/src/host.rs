@@ -1,6 +1,6 @@
 //! Facts about the host that defaults are derived from.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Number of online CPUs, if the host says.
 pub fn cpu_count() -> Option<u32> {
@@ -38,6 +38,27 @@ pub fn home_dir() -> Option<PathBuf> {
             std::ffi::OsStr::from_encoded_bytes_unchecked(dir.to_bytes()).to_os_string(),
         ))
     }
+}
+
+/// Looks `program` up on PATH, then in the sbin directories and
+/// ~/.cargo/bin that a service's or a non-root user's PATH may lack: the one
+/// PATH lookup of the workspace (VMM binaries, image tools, doctor, tests).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    dirs.extend(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from));
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join(program))
+        .find(|p| is_executable(p))
+}
+
+/// A regular file with an execute bit.
+pub fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 #[cfg(test)]

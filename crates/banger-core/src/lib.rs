@@ -8,6 +8,7 @@ pub mod limits;
 pub mod names;
 pub mod paths;
 pub mod size;
+pub mod ssh;
 
 pub use config::{Config, ConfigError, FileSync, VmmChoice};
 pub use paths::Paths;

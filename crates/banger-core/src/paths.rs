@@ -5,6 +5,10 @@
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/banger";
+/// Where `system install` puts host-side files that are not commands.
+pub const SYSTEM_LIB_DIR: &str = "/usr/local/lib/banger";
+/// The installed guest agent on the host (copied into images from here).
+pub const SYSTEM_AGENT_BIN: &str = "/usr/local/lib/banger/banger-vsock-agent";
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/banger";
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/banger";
 pub const DEFAULT_SOCKET: &str = "/run/banger/bangerd.sock";

@@ -5,7 +5,6 @@
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, bail};
 use banger_image::ext4::{self, Ext4Fixups, GuestEntry};
@@ -17,23 +16,11 @@ pub struct HostKey {
     pub public: String,
 }
 
-/// A fresh ed25519 host key for one VM at `path` (`ssh-keygen`, argv only).
+/// A fresh ed25519 host key for one VM at `path`.
 pub fn generate_host_key(path: &Path, vm: &str) -> anyhow::Result<HostKey> {
     let _ = std::fs::remove_file(path);
     let _ = std::fs::remove_file(path.with_extension("pub"));
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C"])
-        .arg(format!("{vm}.vm"))
-        .arg("-f")
-        .arg(path)
-        .output()
-        .context("cannot run ssh-keygen (install openssh-client)")?;
-    if !out.status.success() {
-        bail!(
-            "ssh-keygen failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    banger_core::ssh::keygen_ed25519(path, &format!("{vm}.vm"))?;
     let private = std::fs::read(path)?;
     let public = std::fs::read_to_string(path.with_extension("pub"))?;
     Ok(HostKey {
@@ -206,6 +193,7 @@ fn write_atomic(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
 
     /// The guest's own systemd turns the fstab line into units: the work
     /// disk's device is waited for without a timeout.

@@ -72,15 +72,7 @@ impl Wiring {
     /// helper unless `opts.no_network`.
     pub fn probe(paths: &Paths, config: &Config, opts: &Options) -> Wiring {
         let home = banger_core::host::home_dir().unwrap_or_default();
-        let vmm_config = banger_vmm::VmmConfig {
-            preference: match config.vmm_choice().value {
-                banger_core::VmmChoice::Auto => banger_vmm::VmmPreference::Auto,
-                banger_core::VmmChoice::Firecracker => banger_vmm::VmmPreference::Firecracker,
-                banger_core::VmmChoice::Qemu => banger_vmm::VmmPreference::Qemu,
-            },
-            firecracker_bin: config.firecracker_bin.as_ref().map(|p| p.expand(&home)),
-            qemu_bin: config.qemu_bin.as_ref().map(|p| p.expand(&home)),
-        };
+        let vmm_config = banger_vmm::VmmConfig::from_config(config, &home);
         let selection = banger_vmm::select_vmm(&vmm_config).map_err(|e| e.to_string());
         match &selection {
             Ok(s) => tracing::info!(vmm = %s.kind, "{}", s.reason),

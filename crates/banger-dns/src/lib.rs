@@ -56,12 +56,8 @@ fn label(name: &str) -> Result<String, DnsError> {
         .strip_suffix(".vm")
         .unwrap_or(name)
         .to_ascii_lowercase();
-    let ok = !l.is_empty()
-        && l.len() <= 63
-        && !l.starts_with('-')
-        && !l.ends_with('-')
-        && l.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    // A name resolves case-insensitively; the label rule is the VM-name rule.
+    let ok = banger_core::names::validate_vm_name(&l).is_ok();
     if ok {
         Ok(l)
     } else {

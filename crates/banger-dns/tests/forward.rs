@@ -13,9 +13,7 @@ use banger_dns::{
 };
 
 fn which(name: &str) -> bool {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .iter()
-        .any(|d| std::path::Path::new(d).join(name).is_file())
+    banger_core::host::find_program(name).is_some()
 }
 
 fn dig(server: SocketAddr, name: &str) -> String {

@@ -35,7 +35,7 @@ pub struct AgentPayload {
     pub unit: String,
 }
 
-pub const AGENT_BIN: &str = "/usr/local/bin/banger-vsock-agent";
+pub use banger_proto::agent::AGENT_INSTALL_PATH;
 pub const AGENT_UNIT: &str = "/etc/systemd/system/banger-vsock-agent.service";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,7 +218,7 @@ pub struct Check {
 /// What building in `mode` needs, checked on this host.
 pub fn prerequisites(mode: BuildMode) -> Vec<Check> {
     let mut v = Vec::new();
-    let tool = |name: &str, pkg: &str| match cmd::on_path(name) {
+    let tool = |name: &str, pkg: &str| match banger_core::host::find_program(name) {
         Some(p) => Check {
             name: name.into(),
             ok: true,
@@ -810,7 +810,7 @@ pub fn customize(
     match agent {
         Some(a) => {
             let bin = fs::read(&a.binary).ctx("read agent binary", &a.binary)?;
-            write(tree, AGENT_BIN, &bin, 0o755, &mut c)?;
+            write(tree, AGENT_INSTALL_PATH, &bin, 0o755, &mut c)?;
             write(tree, AGENT_UNIT, a.unit.as_bytes(), 0o644, &mut c)?;
             let target = wanted_by(&a.unit);
             link(
@@ -836,28 +836,6 @@ pub fn customize(
     dirs.dedup();
     c.extend(dirs);
     Ok(c)
-}
-
-// ---- test cache -----------------------------------------------------------
-
-/// Directory for images built by tests: `$BANGER_TEST_CACHE`, else
-/// `<cargo target dir>/banger-test-cache` (found from the running test
-/// binary), else `<tmp>/banger-test-cache`.
-pub fn test_cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("BANGER_TEST_CACHE").filter(|v| !v.is_empty()) {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
-        return PathBuf::from(d).join("banger-test-cache");
-    }
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(target) = exe
-            .ancestors()
-            .find(|a| a.file_name().is_some_and(|n| n == "target"))
-    {
-        return target.join("banger-test-cache");
-    }
-    std::env::temp_dir().join("banger-test-cache")
 }
 
 /// Bump when [`customize`] or the build steps change what an image
@@ -899,8 +877,8 @@ pub fn inputs_key(opts: &BuildOptions) -> Result<String> {
 
 /// Build (or reuse) an image in `cache_dir/<inputs_key>`; `opts.out_dir` is
 /// ignored. Concurrent callers (parallel tests, other crates' test
-/// binaries) serialise on a lock file and the first one builds. Use with
-/// [`test_cache_dir`] to share one minimal image across the test suite.
+/// binaries) serialise on a lock file and the first one builds. Tests pass
+/// banger-testkit's `test_cache_dir` to share one minimal image across the suite.
 pub fn cached_build(opts: &BuildOptions, cache_dir: &Path) -> Result<BuiltImage> {
     let key = inputs_key(opts)?;
     let dir = cache_dir.join(&key);

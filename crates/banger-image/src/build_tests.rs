@@ -100,5 +100,5 @@ fn customize_writes_the_guest_configuration() {
             .iter()
             .any(|p| p == "/etc/systemd/system/ssh.service.d")
     );
-    assert!(created.iter().any(|p| p == AGENT_BIN));
+    assert!(created.iter().any(|p| p == AGENT_INSTALL_PATH));
 }

@@ -45,12 +45,3 @@ pub(crate) fn tail(stderr: &[u8], stdout: &[u8]) -> String {
     let start = lines.len().saturating_sub(25);
     lines[start..].join("\n")
 }
-
-/// Whether `program` can be found on PATH (for doctor checks).
-pub fn on_path(program: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-}

@@ -23,6 +23,5 @@ pub mod store;
 pub mod unpack;
 
 pub use build::{AgentPayload, BuildMode, BuildOptions, BuiltImage, Profile, build_image};
-pub use cmd::on_path;
 pub use error::{Error, Result};
 pub use ext4::{Ext4Fixups, FileSize, GuestEntry, NodeKind};

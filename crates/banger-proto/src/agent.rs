@@ -38,6 +38,10 @@
 //! speaks first: the agent's answer to the multiplexer's `Hello` carries the
 //! same [`GuestHello`], and is the readiness announcement.
 
+/// Where images install the agent binary, in the guest (its systemd
+/// unit's `ExecStart`): the one home of this path.
+pub const AGENT_INSTALL_PATH: &str = "/usr/local/bin/banger-vsock-agent";
+
 use serde::{Deserialize, Serialize};
 
 /// Version of this protocol. Host and agent must agree exactly; a mismatch is

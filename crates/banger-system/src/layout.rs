@@ -9,7 +9,7 @@ use crate::error::{Result, SystemError};
 
 pub const BIN_DIR: &str = "/usr/local/bin";
 /// The guest agent is not a host command, so it stays off `$PATH`.
-pub const LIB_DIR: &str = "/usr/local/lib/banger";
+pub const LIB_DIR: &str = banger_core::paths::SYSTEM_LIB_DIR;
 pub const ETC_DIR: &str = "/etc/banger";
 pub const METADATA_FILE: &str = "/etc/banger/install.json";
 pub const UNIT_DIR: &str = "/etc/systemd/system";

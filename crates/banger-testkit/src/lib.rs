@@ -27,13 +27,26 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
-/// Where tests cache expensive artefacts: `$BANGER_TEST_CACHE`, else
-/// `<repo>/target/banger-test-cache`.
+/// Where tests cache expensive artefacts (built images, kernels):
+/// `$BANGER_TEST_CACHE`, else `<cargo target dir>/banger-test-cache`
+/// (`$CARGO_TARGET_DIR`, or found from the running test binary), else
+/// `<tmp>/banger-test-cache`. The one home of this rule; production code
+/// never uses it.
 pub fn test_cache_dir() -> PathBuf {
-    match std::env::var_os("BANGER_TEST_CACHE") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => repo_root().join("target").join("banger-test-cache"),
+    if let Some(d) = std::env::var_os("BANGER_TEST_CACHE").filter(|v| !v.is_empty()) {
+        return PathBuf::from(d);
     }
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(d).join("banger-test-cache");
+    }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(target) = exe
+            .ancestors()
+            .find(|a| a.file_name().is_some_and(|n| n == "target"))
+    {
+        return target.join("banger-test-cache");
+    }
+    std::env::temp_dir().join("banger-test-cache")
 }
 
 /// True when the test process runs as root (euid 0).
@@ -42,14 +55,8 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Finds `program` on PATH or in the sbin directories (which a non-root PATH may lack).
-pub fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-}
+/// Finds `program` the way banger itself does (banger-core's one PATH lookup).
+pub use banger_core::host::find_program as which;
 
 /// The last `lines` lines of a (console) log, lossily decoded; a note if it is unreadable.
 pub fn tail_file(path: &Path, lines: usize) -> String {

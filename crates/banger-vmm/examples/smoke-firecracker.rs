@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use banger_testkit::guest::{GUEST_HOSTNAME, READY_MARKER, VSOCK_ECHO_PORT};
 use banger_vmm::{
-    Driver, KernelFiles, RunningVmm, Vmm, VmmConfig, VmmKind, VmmPreference, VmmSpec, VsockSpec,
+    Driver, KernelFiles, RunningVmm, Vmm, VmmChoice, VmmConfig, VmmKind, VmmSpec, VsockSpec,
     clone_disk, create_work_disk, select_vmm,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -25,7 +25,7 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let sel = select_vmm(&VmmConfig {
-        preference: VmmPreference::Auto,
+        preference: VmmChoice::Auto,
         ..Default::default()
     });
     match args.get(1).map(String::as_str) {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::error::VmmError;
-use crate::spec::{VmmKind, VmmPreference};
+use crate::spec::{VmmChoice, VmmKind};
 
 /// One doctor check: what was looked at, whether it is fine, what was seen, how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -506,11 +506,24 @@ fn rdtsc() -> u64 {
 /// The `vmm`-related configuration the selection needs.
 #[derive(Debug, Clone, Default)]
 pub struct VmmConfig {
-    pub preference: VmmPreference,
+    pub preference: VmmChoice,
     /// Configured firecracker path; otherwise looked up on PATH.
     pub firecracker_bin: Option<PathBuf>,
     /// Configured qemu-system-x86_64 path; otherwise looked up on PATH.
     pub qemu_bin: Option<PathBuf>,
+}
+
+impl VmmConfig {
+    /// The selection inputs a user's config asks for (`~/` paths expanded
+    /// against `home`): the one mapping from config to VMM selection, used
+    /// by the daemon and by `doctor`.
+    pub fn from_config(config: &banger_core::Config, home: &Path) -> VmmConfig {
+        VmmConfig {
+            preference: config.vmm_choice().value,
+            firecracker_bin: config.firecracker_bin.as_ref().map(|p| p.expand(home)),
+            qemu_bin: config.qemu_bin.as_ref().map(|p| p.expand(home)),
+        }
+    }
 }
 
 /// Which VMM to use, why, and everything `doctor` wants to print.
@@ -534,23 +547,7 @@ impl Selection {
     }
 }
 
-/// Looks `program` up on PATH (and the sbin dirs and ~/.cargo/bin a service PATH may lack).
-pub fn find_program(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    dirs.extend(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from));
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    dirs.into_iter()
-        .map(|d| d.join(program))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
+pub use banger_core::host::{find_program, is_executable};
 
 fn configured_or_found(configured: &Option<PathBuf>, program: &str) -> Option<PathBuf> {
     match configured {
@@ -576,7 +573,7 @@ fn select_with(config: &VmmConfig, kvm: KvmReport) -> Result<Selection, VmmError
         .map(|f| format!("{}: {}", f.check, f.detail));
     let accel = if kvm.usable { Accel::Kvm } else { Accel::Tcg };
     let (kind, reason) = match config.preference {
-        VmmPreference::Firecracker => {
+        VmmChoice::Firecracker => {
             if fc.is_none() {
                 return Err(VmmError::Unavailable(missing_binary(
                     "firecracker",
@@ -593,7 +590,7 @@ fn select_with(config: &VmmConfig, kvm: KvmReport) -> Result<Selection, VmmError
                 "vmm = \"firecracker\" is configured".to_string(),
             )
         }
-        VmmPreference::Qemu => {
+        VmmChoice::Qemu => {
             if qemu.is_none() {
                 return Err(VmmError::Unavailable(missing_binary(
                     "qemu-system-x86_64",
@@ -605,7 +602,7 @@ fn select_with(config: &VmmConfig, kvm: KvmReport) -> Result<Selection, VmmError
                 format!("vmm = \"qemu\" is configured ({})", accel_words(accel)),
             )
         }
-        VmmPreference::Auto => match (&fc, &kvm_problem) {
+        VmmChoice::Auto => match (&fc, &kvm_problem) {
             (Some(_), None) => (
                 VmmKind::Firecracker,
                 "auto: firecracker is installed and /dev/kvm runs guests".to_string(),
@@ -780,7 +777,7 @@ mod tests {
             findings: vec![Finding::ok("/dev/kvm", "ok")],
         };
         let mut cfg = VmmConfig {
-            preference: VmmPreference::Auto,
+            preference: VmmChoice::Auto,
             firecracker_bin: Some(fake.clone()),
             qemu_bin: Some(qemu.clone()),
         };
@@ -790,14 +787,14 @@ mod tests {
         assert!(s.reason.contains("cannot run guests"), "{}", s.reason);
         let s = select_with(&cfg, good_kvm.clone()).expect("select");
         assert_eq!(s.kind, VmmKind::Firecracker);
-        cfg.preference = VmmPreference::Firecracker;
+        cfg.preference = VmmChoice::Firecracker;
         assert!(select_with(&cfg, bad_kvm.clone()).is_err());
         cfg.firecracker_bin = Some(dir.path().join("missing"));
-        cfg.preference = VmmPreference::Auto;
+        cfg.preference = VmmChoice::Auto;
         let s = select_with(&cfg, good_kvm).expect("select");
         assert_eq!(s.kind, VmmKind::Qemu);
         assert!(s.reason.contains("not installed"), "{}", s.reason);
-        cfg.preference = VmmPreference::Qemu;
+        cfg.preference = VmmChoice::Qemu;
         cfg.qemu_bin = Some(dir.path().join("missing"));
         assert!(select_with(&cfg, bad_kvm).is_err());
     }

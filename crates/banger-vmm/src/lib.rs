@@ -42,7 +42,7 @@ pub use process::{
 pub use qemu::QemuDriver;
 pub use snapshot::{AfterSnapshot, MemoryMode, RestoreReport, Snapshot, SnapshotManifest};
 pub use spec::{
-    AgentPortSpec, KernelFiles, MacAddr, NetSpec, VmmKind, VmmPreference, VmmSpec, VsockSpec,
+    AgentPortSpec, KernelFiles, MacAddr, NetSpec, VmmChoice, VmmKind, VmmSpec, VsockSpec,
 };
 
 use serde::Serialize;

@@ -26,29 +26,8 @@ impl fmt::Display for VmmKind {
     }
 }
 
-/// The `vmm` config key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VmmPreference {
-    #[default]
-    Auto,
-    Firecracker,
-    Qemu,
-}
-
-impl FromStr for VmmPreference {
-    type Err = VmmError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "firecracker" => Ok(Self::Firecracker),
-            "qemu" => Ok(Self::Qemu),
-            other => Err(VmmError::InvalidSpec(format!(
-                "vmm = {other:?} is not one of \"auto\", \"firecracker\", \"qemu\""
-            ))),
-        }
-    }
-}
+/// The `vmm` config key: banger-core's one enum.
+pub use banger_core::VmmChoice;
 
 /// A MAC address. banger uses locally administered unicast addresses (02:...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -206,17 +185,9 @@ impl VmmSpec {
     /// Checks what every driver needs; drivers check their own extra requirements.
     pub fn validate(&self) -> Result<(), VmmError> {
         let bad = |m: String| Err(VmmError::InvalidSpec(m));
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= 63
-            && self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if !name_ok {
-            return bad(format!(
-                "VM name {:?} must be 1-63 characters of letters, digits and '-'",
-                self.name
-            ));
+        // The VM-name rule of the CLI and daemon (one home: banger-core).
+        if let Err(e) = banger_core::names::validate_vm_name(&self.name) {
+            return bad(e.to_string());
         }
         // The limits config, CLI and daemon check too (one home).
         if let Err(e) = banger_core::limits::check_vcpu(u32::from(self.vcpus))

@@ -14,7 +14,7 @@ use banger_testkit::guest::{GUEST_IP, GUEST_PEER_CIDR, READY_MARKER};
 use banger_testkit::netns::TestNetns;
 use banger_vmm::{
     AgentPortSpec, KernelFiles, MacAddr, NetSpec, QemuDriver, RunningVmm, StopMethod, Vmm,
-    VmmConfig, VmmKind, VmmPreference, VmmSpec, clone_disk, create_work_disk, select_vmm,
+    VmmChoice, VmmConfig, VmmKind, VmmSpec, clone_disk, create_work_disk, select_vmm,
 };
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -64,7 +64,7 @@ async fn debian_guest_boots_stops_and_boots_again_under_qemu() {
         return;
     }
     let sel = match select_vmm(&VmmConfig {
-        preference: VmmPreference::Qemu,
+        preference: VmmChoice::Qemu,
         ..Default::default()
     }) {
         Ok(s) => s,

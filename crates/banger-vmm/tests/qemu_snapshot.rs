@@ -16,7 +16,7 @@ use banger_testkit::netns::TestNetns;
 use banger_vmm::snapshot::STATE_FILE;
 use banger_vmm::{
     AfterSnapshot, KernelFiles, MacAddr, MemoryMode, NetSpec, QemuDriver, RunningVmm, Snapshot,
-    Vmm, VmmConfig, VmmError, VmmPreference, VmmSpec, clone_disk, create_work_disk, select_vmm,
+    Vmm, VmmChoice, VmmConfig, VmmError, VmmSpec, clone_disk, create_work_disk, select_vmm,
 };
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
@@ -94,7 +94,7 @@ async fn a_booted_guest_is_snapshotted_and_restored_twice_and_bad_state_is_refus
         return;
     }
     let sel = match select_vmm(&VmmConfig {
-        preference: VmmPreference::Qemu,
+        preference: VmmChoice::Qemu,
         ..Default::default()
     }) {
         Ok(s) => s,

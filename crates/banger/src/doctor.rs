@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use banger_core::Config;
-use banger_core::config::{HostFacts, VmmChoice};
+use banger_core::config::HostFacts;
 use banger_proto::{Check, CheckStatus, VmSpec};
 use serde::Serialize;
 
@@ -79,17 +79,7 @@ pub fn run_checks(config: &Config, home: &Path) -> DoctorReport {
 
     // KVM usability, the VMM binaries and which driver `vmm` picks: the VMM
     // layer decides, doctor only reports.
-    let home_cfg =
-        |p: &Option<banger_core::config::AnchoredPath>| p.as_ref().map(|p| p.expand(home));
-    let vmm_config = banger_vmm::VmmConfig {
-        preference: match config.vmm_choice().value {
-            VmmChoice::Auto => banger_vmm::VmmPreference::Auto,
-            VmmChoice::Firecracker => banger_vmm::VmmPreference::Firecracker,
-            VmmChoice::Qemu => banger_vmm::VmmPreference::Qemu,
-        },
-        firecracker_bin: home_cfg(&config.firecracker_bin),
-        qemu_bin: home_cfg(&config.qemu_bin),
-    };
+    let vmm_config = banger_vmm::VmmConfig::from_config(config, home);
     let configured = config.vmm_choice().value.to_string();
     let mut emulated = false;
     let pick = match banger_vmm::select_vmm(&vmm_config) {

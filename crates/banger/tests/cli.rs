@@ -375,7 +375,7 @@ fn completion_scripts_load_in_their_shells() {
             "{shell} script registers the dynamic completer"
         );
         let Some(checker) = checker else { continue };
-        if common_which(checker).is_none() {
+        if banger_core::host::find_program(checker).is_none() {
             eprintln!("SKIP: {checker} is not installed; cannot syntax-check the {shell} script");
             continue;
         }
@@ -393,12 +393,6 @@ fn completion_scripts_load_in_their_shells() {
             String::from_utf8_lossy(&st.stderr)
         );
     }
-}
-
-fn common_which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
 }
 
 fn complete(socket: &std::path::Path, words: &[&str]) -> Vec<String> {

@@ -321,7 +321,9 @@ fn fake_kernel(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf
 
 #[test]
 fn register_refuses_what_is_not_a_kernel_or_a_bootable_rootfs() {
-    if common_which("mkfs.ext4").is_none() || common_which("debugfs").is_none() {
+    if banger_core::host::find_program("mkfs.ext4").is_none()
+        || banger_core::host::find_program("debugfs").is_none()
+    {
         eprintln!("SKIP: e2fsprogs (mkfs.ext4, debugfs) is not installed");
         return;
     }
@@ -389,12 +391,6 @@ fn register_refuses_what_is_not_a_kernel_or_a_bootable_rootfs() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("has no init"), "{err}");
     assert!(names(&d, "image").is_empty(), "nothing registered");
-}
-
-fn common_which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
 }
 
 #[test]

@@ -30,7 +30,7 @@ pub fn agent_binary() -> Option<PathBuf> {
         .and_then(|e| e.parent().map(|d| d.join("banger-vsock-agent")));
     beside
         .into_iter()
-        .chain([PathBuf::from("/usr/local/lib/banger/banger-vsock-agent")])
+        .chain([PathBuf::from(banger_core::paths::SYSTEM_AGENT_BIN)])
         .find(|p| p.is_file())
 }
 

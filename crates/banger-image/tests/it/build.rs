@@ -11,7 +11,7 @@ const FAKE_UNIT: &str = "[Unit]\nDescription=banger guest agent (test stand-in)\
 
 /// The options of the cached minimal test image (with a stand-in agent).
 pub fn minimal_opts() -> BuildOptions {
-    let agent_dir = build::test_cache_dir().join("fake-agent");
+    let agent_dir = banger_testkit::test_cache_dir().join("fake-agent");
     std::fs::create_dir_all(&agent_dir).expect("mkdir");
     let agent_bin = agent_dir.join("banger-vsock-agent");
     std::fs::write(&agent_bin, "#!/bin/sh\nexec sleep infinity\n").expect("write");
@@ -26,7 +26,8 @@ pub fn minimal_opts() -> BuildOptions {
 
 /// Build (once per inputs) or reuse the minimal image.
 pub fn cached_minimal() -> build::BuiltImage {
-    build::cached_build(&minimal_opts(), &build::test_cache_dir()).expect("build minimal image")
+    build::cached_build(&minimal_opts(), &banger_testkit::test_cache_dir())
+        .expect("build minimal image")
 }
 
 /// Whether the real build can run here; prints why not.
@@ -117,7 +118,7 @@ fn minimal_image_build() {
         .expect("/root/.ssh");
     assert_eq!((ssh.mode, ssh.uid), (0o040700, 0));
 
-    let agent = ext4::stat(img, build::AGENT_BIN)
+    let agent = ext4::stat(img, build::AGENT_INSTALL_PATH)
         .expect("stat")
         .expect("agent binary");
     assert_eq!(agent.mode, 0o100755);

@@ -59,7 +59,7 @@ fn real_debian_kernel_if_present() {
                 .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
         })
         .collect();
-    let cache = banger_image::build::test_cache_dir();
+    let cache = banger_testkit::test_cache_dir();
     for e in std::fs::read_dir(&cache).into_iter().flatten().flatten() {
         for p in [e.path().join("kernel/vmlinuz"), e.path().join("vmlinuz")] {
             if p.is_file() {

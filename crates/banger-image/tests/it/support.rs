@@ -13,7 +13,7 @@ use banger_image::kernel::{self, KernelRecord};
 use banger_image::store::{self, ImageManifest, ImageRecord};
 
 pub fn have(tool: &str) -> bool {
-    banger_image::on_path(tool).is_some()
+    banger_core::host::find_program(tool).is_some()
 }
 
 /// Print SKIP and return true when e2fsprogs is missing.

@@ -14,8 +14,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 pub fn on_path(prog: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+    banger_core::host::find_program(prog).is_some()
 }
 
 /// None when the test can run; else why not (printed as SKIP).

@@ -29,18 +29,7 @@ pub fn ensure_identity(
         let dir = path.parent().context("ssh key path has no directory")?;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        let out = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "banger"])
-            .arg("-f")
-            .arg(&path)
-            .output()
-            .context("cannot run ssh-keygen (install openssh-client)")?;
-        if !out.status.success() {
-            bail!(
-                "ssh-keygen failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        banger_core::ssh::keygen_ed25519(&path, "banger")?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     }
     let pub_path = PathBuf::from(format!("{}.pub", path.display()));

@@ -31,7 +31,7 @@ fn cache_dir(agent: &Path) -> PathBuf {
         unit: banger_agent::SYSTEMD_UNIT.to_string(),
     });
     let key = banger_image::build::inputs_key(&opts).expect("hash the build inputs");
-    banger_image::build::test_cache_dir()
+    banger_testkit::test_cache_dir()
         .join("default-image")
         .join(key)
 }

@@ -16,16 +16,7 @@ pub const SHORT: Duration = Duration::from_secs(60);
 /// The minimal image every e2e test registers; one cached build serves all.
 pub const MINIMAL_IMAGE: &str = "e2e-minimal";
 
-pub fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([
-            PathBuf::from("/usr/sbin"),
-            PathBuf::from("/root/.cargo/bin"),
-        ])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
+pub use banger_core::host::find_program as which;
 
 /// Why a real-guest test cannot run here (it then prints SKIP and passes).
 pub fn skip_reason(extra_tools: &[&str]) -> Option<String> {
@@ -451,7 +442,7 @@ pub fn agent_binary() -> PathBuf {
 /// The minimal golden image with the agent, built once and cached (keyed by
 /// its inputs) so every e2e test and rerun shares it.
 pub fn minimal_image(agent: &Path) -> banger_image::BuiltImage {
-    let cache = banger_image::build::test_cache_dir();
+    let cache = banger_testkit::test_cache_dir();
     let mut opts = banger_image::BuildOptions::new(
         MINIMAL_IMAGE,
         banger_image::Profile::Minimal,
