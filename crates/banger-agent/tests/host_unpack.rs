@@ -262,3 +262,18 @@ fn unpack_never_writes_through_a_planted_symlink() {
     let _ = unpack_to(&a[..], &shape, &dst);
     assert!(!outside.join("a").exists(), "wrote through the symlink");
 }
+
+/// A guest claims a 20 GiB PAX header (zeros generated as they are read):
+/// the check fails at the header, without reading or storing its data.
+#[test]
+fn a_20_gib_pax_header_from_a_guest_is_refused_unread() {
+    let mut h = header(EntryType::XHeader, 0o644);
+    h.set_size(20 << 30);
+    h.set_cksum();
+    // 8 MiB of the claimed 20 GiB follow: a reader that took the header's
+    // data would reach their end and fail with another error.
+    let head: &[u8] = h.as_bytes();
+    let src = std::io::Read::chain(head, std::io::Read::take(std::io::repeat(0), 8 << 20));
+    let err = check_archive(src).expect_err("refused");
+    assert!(err.to_string().contains("PAX extended header"), "{err}");
+}

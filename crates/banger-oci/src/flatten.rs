@@ -31,6 +31,9 @@ pub struct Limits {
     pub max_total_size: u64,
     /// Most tar entries over all layers.
     pub max_entries: u64,
+    /// Most bytes of extended attributes (names and values) one layer may
+    /// carry: they are kept in memory until the ext4 is built.
+    pub max_xattr_bytes: u64,
 }
 
 impl Default for Limits {
@@ -39,6 +42,7 @@ impl Default for Limits {
             max_entry_size: 8 << 30,
             max_total_size: 32 << 30,
             max_entries: 4_000_000,
+            max_xattr_bytes: 16 << 20,
         }
     }
 }
@@ -106,6 +110,8 @@ pub struct Flattener {
     total: u64,
     /// Bytes declared by entry headers in the layer being applied.
     in_layer: u64,
+    /// Extended-attribute bytes in the layer being applied.
+    xattrs_in_layer: u64,
     entries: u64,
 }
 
@@ -128,6 +134,7 @@ impl Flattener {
             meta,
             total: 0,
             in_layer: 0,
+            xattrs_in_layer: 0,
             entries: 0,
         })
     }
@@ -170,10 +177,14 @@ impl Flattener {
         };
         let mut stats = LayerStats::default();
         self.in_layer = 0;
+        self.xattrs_in_layer = 0;
         let mut current: HashSet<String> = HashSet::new();
         let result = (|| -> Result<()> {
             {
-                let mut archive = tar::Archive::new(&mut counted);
+                // Oversized PAX / GNU long name headers fail here, before the
+                // tar crate would read them whole into memory.
+                let mut archive =
+                    tar::Archive::new(banger_proto::tar_guard::TarGuard::new(&mut counted));
                 let entries = archive
                     .entries()
                     .map_err(|e| layer_err(layer, format!("not a tar stream: {e}")))?;
@@ -435,7 +446,7 @@ impl Flattener {
     }
 
     fn header_meta<R: Read>(
-        &self,
+        &mut self,
         entry: &mut tar::Entry<'_, R>,
         kind: Kind,
     ) -> Result<Meta, String> {
@@ -462,6 +473,13 @@ impl Flattener {
                     }
                     if ext.value_bytes().len() > 64 * 1024 {
                         return Err(format!("xattr {name} is larger than 64 KiB"));
+                    }
+                    self.xattrs_in_layer += (name.len() + ext.value_bytes().len()) as u64;
+                    if self.xattrs_in_layer > self.limits.max_xattr_bytes {
+                        return Err(format!(
+                            "the layer's extended attributes exceed {} bytes (an xattr bomb?)",
+                            self.limits.max_xattr_bytes
+                        ));
                     }
                     xattrs.push((name.to_string(), ext.value_bytes().to_vec()));
                 }

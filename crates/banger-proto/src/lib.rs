@@ -8,6 +8,7 @@ pub mod config;
 pub mod egress;
 pub mod oci;
 pub mod root;
+pub mod tar_guard;
 
 pub use api::*;
 pub use config::{ConfigReload, ConfigValue, DaemonConfig};

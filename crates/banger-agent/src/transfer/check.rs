@@ -51,7 +51,8 @@ struct Link {
 
 /// Checks a tar stream from a guest (see the module comment).
 pub fn check_archive<R: Read>(r: R) -> Result<Shape, TransferError> {
-    let mut archive = tar::Archive::new(r);
+    // Oversized PAX / GNU long name headers fail before they are read.
+    let mut archive = tar::Archive::new(banger_proto::tar_guard::TarGuard::new(r));
     let mut shape: Option<Shape> = None;
     let mut links: Vec<Link> = Vec::new();
     for entry in archive.entries().map_err(tar_err("the tar stream"))? {

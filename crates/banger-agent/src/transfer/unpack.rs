@@ -210,7 +210,8 @@ pub fn unpack_contained<R: Read>(
     // The target itself may legitimately be reached through a symlink (it is
     // the caller's choice); containment is enforced below it.
     let root = target.canonicalize().map_err(target_err)?;
-    let mut archive = tar::Archive::new(reader);
+    // Oversized PAX / GNU long name headers fail before they are read.
+    let mut archive = tar::Archive::new(banger_proto::tar_guard::TarGuard::new(reader));
     let mut known_dirs: HashSet<PathBuf> = HashSet::new();
     let mut summary = UploadSummary {
         entries: 0,
