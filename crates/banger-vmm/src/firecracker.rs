@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -12,8 +12,9 @@ use crate::error::VmmError;
 use crate::process::{RunningVmm, VmmHandle};
 use crate::snapshot::{AfterSnapshot, Snapshot};
 use crate::spec::{VmmKind, VmmSpec, ensure_arg};
+use crate::stop::{Ask, no_quit, stop_escalating};
 use crate::util::{remove_stale, spawn_in, wait_for_socket};
-use crate::{Restored, StopMethod, StopOutcome, Vmm};
+use crate::{Restored, StopOutcome, Vmm};
 
 /// File names inside the VM dir.
 pub const API_SOCKET: &str = "fc.sock";
@@ -297,46 +298,17 @@ impl Vmm for FirecrackerDriver {
     }
 
     async fn stop(&self, vm: &mut RunningVmm, grace: Duration) -> Result<StopOutcome, VmmError> {
-        let t0 = Instant::now();
         let socket = vm.handle().control_socket.clone();
-        let outcome = if let Some(exit) = vm.wait_exit(Duration::ZERO).await {
-            StopOutcome {
-                method: StopMethod::AlreadyExited,
-                exit: Some(exit),
-                elapsed: t0.elapsed(),
-            }
-        } else {
+        let name = vm.handle().vm_name.clone();
+        let ask = || async {
             let ctrl_alt_del =
                 ApiRequest::put("/actions", json!({ "action_type": "SendCtrlAltDel" }));
-            if let Err(e) = send(
-                &socket,
-                &ctrl_alt_del,
-                self.api_timeout.min(grace.max(Duration::from_secs(1))),
-            )
-            .await
-            {
-                tracing::warn!(vm = %vm.handle().vm_name, "SendCtrlAltDel failed: {e}");
-            }
-            let left = grace.saturating_sub(t0.elapsed());
-            match vm.wait_exit(left).await {
-                Some(exit) => StopOutcome {
-                    method: StopMethod::Graceful,
-                    exit: Some(exit),
-                    elapsed: t0.elapsed(),
-                },
-                None => {
-                    let exit = vm.kill().await;
-                    StopOutcome {
-                        method: StopMethod::Killed,
-                        exit,
-                        elapsed: t0.elapsed(),
-                    }
-                }
+            let timeout = self.api_timeout.min(grace.max(Duration::from_secs(1)));
+            if let Err(e) = send(&socket, &ctrl_alt_del, timeout).await {
+                tracing::warn!(vm = %name, "SendCtrlAltDel failed: {e}");
             }
         };
-        vm.stop_helpers().await;
-        let _ = std::fs::remove_file(&socket);
-        Ok(outcome)
+        Ok(stop_escalating(vm, &socket, grace, Ask::Once, ask, no_quit()).await)
     }
 
     async fn pause(&self, vm: &mut RunningVmm) -> Result<(), VmmError> {

@@ -22,6 +22,7 @@ mod qemu_snapshot;
 pub mod qmp;
 pub mod snapshot;
 pub mod spec;
+mod stop;
 mod util;
 
 use std::future::Future;

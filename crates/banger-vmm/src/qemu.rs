@@ -7,7 +7,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -17,8 +17,9 @@ use crate::process::{RunningVmm, VmmHandle};
 pub use crate::qmp::qmp_command;
 use crate::snapshot::{AfterSnapshot, Snapshot};
 use crate::spec::{VmmKind, VmmSpec, ensure_arg};
+use crate::stop::{Ask, Quit, stop_escalating};
 use crate::util::{no_comma, remove_stale, spawn, wait_for_socket};
-use crate::{Restored, StopMethod, StopOutcome, Vmm};
+use crate::{Restored, StopOutcome, Vmm};
 
 pub const QMP_SOCKET: &str = "qmp.sock";
 pub const LOG_FILE: &str = "qemu.log";
@@ -301,57 +302,24 @@ impl Vmm for QemuDriver {
     }
 
     async fn stop(&self, vm: &mut RunningVmm, grace: Duration) -> Result<StopOutcome, VmmError> {
-        let t0 = Instant::now();
         let qmp = vm.handle().control_socket.clone();
-        let outcome = if let Some(exit) = vm.wait_exit(Duration::ZERO).await {
-            StopOutcome {
-                method: StopMethod::AlreadyExited,
-                exit: Some(exit),
-                elapsed: t0.elapsed(),
-            }
-        } else {
-            let short = Duration::from_secs(2);
-            // A button press that arrives before the guest's logind watches the power button
-            // (early boot) is lost, so press again every few seconds until the grace ends.
-            let mut exited = None;
-            while exited.is_none() && t0.elapsed() < grace {
-                if let Err(e) = qmp_command(&qmp, "system_powerdown", short).await {
-                    tracing::warn!(vm = %vm.handle().vm_name, "ACPI powerdown failed: {e}");
-                }
-                exited = vm
-                    .wait_exit(POWERDOWN_REPEAT.min(grace.saturating_sub(t0.elapsed())))
-                    .await;
-            }
-            match exited {
-                Some(exit) => StopOutcome {
-                    method: StopMethod::Graceful,
-                    exit: Some(exit),
-                    elapsed: t0.elapsed(),
-                },
-                None => {
-                    let quit = qmp_command(&qmp, "quit", short).await;
-                    match (quit, vm.wait_exit(self.quit_timeout).await) {
-                        (Ok(_), Some(exit)) => StopOutcome {
-                            method: StopMethod::Quit,
-                            exit: Some(exit),
-                            elapsed: t0.elapsed(),
-                        },
-                        _ => {
-                            let exit = vm.kill().await;
-                            StopOutcome {
-                                method: StopMethod::Killed,
-                                exit,
-                                elapsed: t0.elapsed(),
-                            }
-                        }
-                    }
-                }
+        let name = vm.handle().vm_name.clone();
+        let short = Duration::from_secs(2);
+        // A button press that arrives before the guest's logind watches the power button
+        // (early boot) is lost, so press again every few seconds until the grace ends.
+        let powerdown = || async {
+            if let Err(e) = qmp_command(&qmp, "system_powerdown", short).await {
+                tracing::warn!(vm = %name, "ACPI powerdown failed: {e}");
             }
         };
-        // Handles re-adopted from before QEMU VMs lost vsock may still name a helper.
-        vm.stop_helpers().await;
-        let _ = std::fs::remove_file(&qmp);
-        Ok(outcome)
+        let quit = Quit {
+            request: || async { qmp_command(&qmp, "quit", short).await.is_ok() },
+            wait: self.quit_timeout,
+        };
+        // Handles re-adopted from before QEMU VMs lost vsock may still name a helper:
+        // stop_escalating stops those too.
+        let how = Ask::Every(POWERDOWN_REPEAT);
+        Ok(stop_escalating(vm, &qmp, grace, how, powerdown, Some(quit)).await)
     }
 
     async fn pause(&self, vm: &mut RunningVmm) -> Result<(), VmmError> {
