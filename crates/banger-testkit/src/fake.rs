@@ -30,6 +30,9 @@ pub struct FakeFirecrackerConfig {
     /// After `InstanceStart`, exit with this status (a "crash") after `exit_delay_ms`.
     pub exit_after_start: Option<i32>,
     pub exit_delay_ms: u64,
+    /// After `InstanceStart`, write this many bytes to the serial console
+    /// (stdout) as fast as possible, then `fake-firecracker: flood done`.
+    pub flood_console_bytes: u64,
 }
 
 /// One request the fake received.

@@ -564,3 +564,37 @@ async fn user_operations_from_every_state() {
         }
     }
 }
+
+/// A guest that floods its serial console (the fake writes 48 MiB to it as
+/// fast as it can) costs the host at most the console cap on disk: the
+/// daemon's watcher keeps only the newest tail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_flood_stays_under_the_cap_on_disk() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let flood = FakeFirecrackerConfig {
+        flood_console_bytes: 48 << 20,
+        ..Default::default()
+    };
+    create(&w, "loud", &flood).await;
+    w.d.start_vm("loud").await.expect("start");
+    let console = w.d.vm_dir("loud").console_log();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let len = std::fs::metadata(&console).map(|m| m.len()).unwrap_or(0);
+        let tail = banger_vmm::console::tail(&console, 4096).unwrap_or_default();
+        let done = String::from_utf8_lossy(&tail).contains("flood done");
+        if done && len <= banger_vmm::console::CONSOLE_CAP {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "console.log is {len} bytes (flood done: {done}); the cap is {}",
+            banger_vmm::console::CONSOLE_CAP
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    w.d.stop_vm("loud").await.expect("stop");
+}

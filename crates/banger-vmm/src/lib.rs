@@ -10,6 +10,7 @@
 //! - [`Vmm::snapshot`] / [`Vmm::restore`]: a paused VM's device state, RAM and disks into a
 //!   [`Snapshot`] directory, and new VMs from it (their own disks, tap, vsock, console).
 
+pub mod console;
 pub mod disk;
 pub mod error;
 mod fc_http;

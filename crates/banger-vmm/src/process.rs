@@ -349,7 +349,8 @@ pub fn private_dirty_bytes(pid: u32) -> Option<u64> {
 
 /// The last `lines` lines of a log file, for error messages.
 pub fn log_tail(path: &Path, lines: usize) -> String {
-    match std::fs::read(path) {
+    // Only the end: a guest may have written megabytes to its console.
+    match crate::console::tail(path, crate::console::TAIL_MAX) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
             let all: Vec<&str> = text.lines().collect();

@@ -42,6 +42,17 @@ impl Daemon {
                     slot.ready.send_replace(ReadyState::Failed(reason));
                     return;
                 }
+                let console = vm.console_log().to_path_buf();
+                drop(guard);
+                // A guest flooding its console costs a bounded amount of disk.
+                let trimmed = tokio::task::spawn_blocking(move || {
+                    use banger_vmm::console::{CONSOLE_CAP, CONSOLE_KEEP, cap};
+                    cap(&console, CONSOLE_CAP, CONSOLE_KEEP)
+                })
+                .await;
+                if let Ok(Err(e)) = trimmed {
+                    tracing::debug!(vm = %name, "cannot trim the console log: {e}");
+                }
             }
         });
     }

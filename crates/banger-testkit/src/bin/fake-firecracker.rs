@@ -248,6 +248,10 @@ impl Server {
                     self.started = true;
                     println!("fake-firecracker: InstanceStart received; pretending a guest booted");
                     flush_stdout();
+                    if self.config.flood_console_bytes > 0 {
+                        let total = self.config.flood_console_bytes;
+                        std::thread::spawn(move || flood(total));
+                    }
                     match self.config.exit_after_start {
                         Some(code) => (
                             204,
@@ -439,4 +443,20 @@ impl Server {
 enum After {
     Nothing,
     Exit(i32, Duration),
+}
+
+/// A guest writing to its console as fast as it can (`flood_console_bytes`).
+fn flood(total: u64) {
+    use std::io::Write;
+    let line = format!("{}\n", "z".repeat(1023));
+    let mut out = std::io::stdout().lock();
+    let mut written = 0u64;
+    while written < total {
+        if out.write_all(line.as_bytes()).is_err() {
+            return;
+        }
+        written += line.len() as u64;
+    }
+    let _ = writeln!(out, "fake-firecracker: flood done");
+    let _ = out.flush();
 }

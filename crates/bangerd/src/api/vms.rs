@@ -161,7 +161,14 @@ async fn logs(
     d.store.get_vm(&name)?;
     let path = d.vm_dir(&name).console_log();
     if !q.follow {
-        let bytes = match tokio::fs::read(&path).await {
+        // The tail only: the log may be megabytes of a flooding guest.
+        let p = path.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            banger_vmm::console::tail(&p, banger_vmm::console::TAIL_MAX)
+        })
+        .await
+        .map_err(|e| ApiErr::internal(e.to_string()))?;
+        let bytes = match read {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => {
@@ -181,8 +188,12 @@ async fn logs(
             if let Ok(mut f) = tokio::fs::File::open(&path).await {
                 let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
                 if len < pos {
-                    pos = 0; // truncated (a fresh boot)
+                    // Truncated: a fresh boot, or the daemon trimmed a
+                    // flood to its tail (banger_vmm::console).
+                    pos = 0;
                 }
+                // Start (and catch up) near the end, never a whole flood.
+                pos = pos.max(len.saturating_sub(banger_vmm::console::TAIL_MAX));
                 if len > pos && f.seek(std::io::SeekFrom::Start(pos)).await.is_ok() {
                     let mut buf = Vec::new();
                     if let Ok(n) = f.read_to_end(&mut buf).await {
