@@ -155,6 +155,48 @@ pub enum ExecControl {
     Signal(i32),
 }
 
+/// Most bytes [`AgentClient::exec_capture`] keeps of stdout and of stderr.
+pub const CAPTURE_MAX: usize = 16 << 20;
+
+/// A memory sink that refuses to grow past [`CAPTURE_MAX`].
+struct Capped {
+    buf: Vec<u8>,
+    what: &'static str,
+}
+
+impl Capped {
+    fn new(what: &'static str) -> Self {
+        Capped {
+            buf: Vec::new(),
+            what,
+        }
+    }
+}
+
+impl AsyncWrite for Capped {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.buf.len() + data.len() > CAPTURE_MAX {
+            return Poll::Ready(Err(io::Error::other(format!(
+                "the command wrote more than {CAPTURE_MAX} bytes to {}; captured output is \
+                 capped there (stream big output to a file instead)",
+                self.what
+            ))));
+        }
+        self.buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// Captured result of [`AgentClient::exec_capture`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecOutput {
@@ -402,21 +444,24 @@ impl AgentClient {
         }
     }
 
-    /// Runs a command with `stdin` as its input and collects its output.
+    /// Runs a command with `stdin` as its input and collects its output,
+    /// at most [`CAPTURE_MAX`] bytes of each stream: more fails the call
+    /// (a guest streaming GiBs must not grow the host's memory; use
+    /// [`Self::exec`] with a sink for big output).
     pub async fn exec_capture(
         &self,
         req: &ExecRequest,
         stdin: &[u8],
     ) -> Result<ExecOutput, AgentError> {
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
+        let mut stdout = Capped::new("stdout");
+        let mut stderr = Capped::new("stderr");
         let status = self
             .exec(req, Some(stdin), &mut stdout, &mut stderr, None)
             .await?;
         Ok(ExecOutput {
             status,
-            stdout,
-            stderr,
+            stdout: stdout.buf,
+            stderr: stderr.buf,
         })
     }
 

@@ -433,3 +433,30 @@ async fn readiness_timeout_points_at_vm_logs() {
         assert!(!p.exists(), "socket file removed on drop");
     });
 }
+
+/// An agent streaming more than the capture cap: the call fails saying so
+/// instead of growing the host's memory; under the cap all of it arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_capture_is_capped() {
+    let a = serve_in_process();
+    bounded!(async {
+        let cap = banger_agent::client::CAPTURE_MAX;
+        let over = format!("head -c {} /dev/zero", cap + 1);
+        let e = a
+            .client
+            .exec_capture(&sh(&over), b"")
+            .await
+            .expect_err("over the cap");
+        assert!(
+            e.to_string().contains("more than 16777216 bytes to stdout"),
+            "{e}"
+        );
+        let under = format!("head -c {cap} /dev/zero >&2");
+        let out = a
+            .client
+            .exec_capture(&sh(&under), b"")
+            .await
+            .expect("at the cap");
+        assert_eq!(out.stderr.len(), cap);
+    });
+}
