@@ -598,3 +598,26 @@ async fn a_console_flood_stays_under_the_cap_on_disk() {
     }
     w.d.stop_vm("loud").await.expect("stop");
 }
+
+/// Operations on names that do not exist are NotFound and leave nothing
+/// behind in the daemon (no per-name slot for a made-up name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_vm_names_do_not_grow_daemon_memory() {
+    if skip() {
+        return;
+    }
+    let w = world();
+    let before = w.d.slots.len();
+    for i in 0..200 {
+        let name = format!("made-up-{i}");
+        for e in [
+            w.d.start_vm(&name).await.expect_err("start"),
+            w.d.stop_vm(&name).await.expect_err("stop"),
+            w.d.delete_vm(&name).await.expect_err("delete"),
+        ] {
+            assert!(e.message.contains(&name), "{}", e.message);
+        }
+        let _ = w.d.agent_ready(&name);
+    }
+    assert_eq!(w.d.slots.len(), before, "slots for unknown names");
+}

@@ -268,7 +268,7 @@ impl Daemon {
     /// Deletes a VM and everything it owns; a running VM is stopped first
     /// (without a clean guest shutdown: its disks are about to go).
     pub async fn delete_vm(self: &Arc<Self>, name: &str) -> Result<VmRecord, DaemonError> {
-        let slot = self.slots.get(name);
+        let slot = self.known_slot(name)?;
         let _op = slot.op.lock().await;
         let mut rec = self.store.get_vm(name)?;
         if rec.state == VmState::Running {

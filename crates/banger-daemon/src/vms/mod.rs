@@ -90,6 +90,22 @@ impl Slots {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
     }
+    /// Slots held (one per VM that was operated on and not deleted).
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl crate::Daemon {
+    /// The slot of an existing VM; an unknown name is NotFound and gets no
+    /// slot, so requests for made-up names cannot grow the daemon's memory.
+    pub(crate) fn known_slot(&self, name: &str) -> Result<Arc<Slot>, crate::DaemonError> {
+        self.store.get_vm(name)?;
+        Ok(self.slots.get(name))
+    }
 }
 
 /// Extra per-VM facts kept in the `extra` JSON column.

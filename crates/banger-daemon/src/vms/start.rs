@@ -71,7 +71,7 @@ impl Daemon {
     /// Starts a stopped (or failed) VM. When the boot fails, whatever it
     /// started is stopped again and the VM is left in `error` with why.
     pub async fn start_vm(self: &Arc<Self>, name: &str) -> Result<VmRecord, DaemonError> {
-        let slot = self.slots.get(name);
+        let slot = self.known_slot(name)?;
         let _op = slot.op.lock().await;
         let rec = self.store.get_vm(name)?;
         if self.apply(&rec, Op::Start, None)? == Applied::AlreadyDone {

@@ -14,7 +14,7 @@ use crate::{Daemon, DaemonError};
 impl Daemon {
     /// Stops a running VM (a stopped one is left as it is).
     pub async fn stop_vm(self: &Arc<Self>, name: &str) -> Result<VmRecord, DaemonError> {
-        let slot = self.slots.get(name);
+        let slot = self.known_slot(name)?;
         let _op = slot.op.lock().await;
         self.stop_locked(name, &slot, false).await
     }
