@@ -621,3 +621,33 @@ async fn unknown_vm_names_do_not_grow_daemon_memory() {
     }
     assert_eq!(w.d.slots.len(), before, "slots for unknown names");
 }
+
+/// Two VMs whose names hash to the same 24-bit tap name get different
+/// taps, so one's network changes never touch the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colliding_tap_names_get_distinct_taps() {
+    if skip() {
+        return;
+    }
+    let mut seen = std::collections::HashMap::new();
+    let (a, b) = (0..200_000)
+        .map(|i| format!("c{i}"))
+        .find_map(|n| {
+            let t = banger_net::tap_name(&n);
+            seen.insert(t, n.clone()).map(|other| (other, n))
+        })
+        .expect("a 24-bit collision among 200000 names");
+    assert_eq!(banger_net::tap_name(&a), banger_net::tap_name(&b));
+    let w = world();
+    create(&w, &a, &FakeFirecrackerConfig::default()).await;
+    create(&w, &b, &FakeFirecrackerConfig::default()).await;
+    w.d.start_vm(&a).await.expect("start a");
+    w.d.start_vm(&b).await.expect("start b");
+    let taps = w.net.live_taps();
+    assert_eq!(taps.len(), 2, "{taps:?}");
+    assert_ne!(taps[0], taps[1], "{a} and {b} share a tap");
+    // Stopping one removes its own tap only.
+    w.d.stop_vm(&b).await.expect("stop b");
+    assert_eq!(w.net.live_taps(), vec![banger_net::tap_name(&a)]);
+    w.d.stop_vm(&a).await.expect("stop a");
+}

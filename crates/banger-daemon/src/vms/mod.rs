@@ -70,6 +70,8 @@ pub enum ReadyState {
 #[derive(Default)]
 pub struct Slots {
     map: std::sync::Mutex<HashMap<String, Arc<Slot>>>,
+    /// Tap names claimed by VMs being started or running: tap → VM.
+    taps: std::sync::Mutex<HashMap<String, String>>,
 }
 
 impl Slots {
@@ -90,6 +92,31 @@ impl Slots {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
     }
+    /// A tap name for `vm` no other VM holds: the one it claimed already,
+    /// else its hashed name, stepping around a 24-bit hash collision with
+    /// another VM's claim or `recorded` tap (one VM's egress change must
+    /// never touch another's tap). Claiming and checking are one step, so
+    /// two VMs starting at once cannot take the same name.
+    pub fn claim_tap(&self, vm: &str, recorded: &std::collections::HashSet<String>) -> String {
+        let mut taps = self.taps.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, _)) = taps.iter().find(|(_, v)| v.as_str() == vm) {
+            return t.clone();
+        }
+        let mut taken = recorded.clone();
+        taken.extend(taps.keys().cloned());
+        let tap = banger_net::tap_name_unique(vm, &taken);
+        taps.insert(tap.clone(), vm.to_string());
+        tap
+    }
+
+    /// `vm`'s tap is gone.
+    pub fn release_tap(&self, vm: &str) {
+        self.taps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, v| v != vm);
+    }
+
     /// Slots held (one per VM that was operated on and not deleted).
     pub fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).len()

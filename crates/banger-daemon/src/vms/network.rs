@@ -23,11 +23,19 @@ impl Daemon {
                 rec.name
             ))
         })?;
+        // Taps other VMs recorded at their last start stay theirs.
+        let recorded = self
+            .store
+            .list_vms()?
+            .iter()
+            .filter(|v| v.name != rec.name)
+            .filter_map(|v| extra_of(v).tap)
+            .collect();
         let wiring = TapWiring {
             vm: rec.name.clone(),
             bridge: self.config().bridge_name().value,
             subnet: self.config().vm_subnet().value.to_string(),
-            tap: banger_net::tap_name(&rec.name),
+            tap: self.slots.claim_tap(&rec.name, &recorded),
             // SAFETY: geteuid has no preconditions.
             owner_uid: unsafe { libc::geteuid() },
             mac: rec.mac.clone(),
@@ -57,7 +65,11 @@ impl Daemon {
         let tap = extra_of(rec)
             .tap
             .unwrap_or_else(|| banger_net::tap_name(&rec.name));
-        self.network.teardown(&rec.name, &tap).await
+        let r = self.network.teardown(&rec.name, &tap).await;
+        if r.is_ok() {
+            self.slots.release_tap(&rec.name);
+        }
+        r
     }
 
     /// Lets banger's DNS server relay names outside `.vm` for this VM under
