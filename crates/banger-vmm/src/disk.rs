@@ -64,6 +64,19 @@ pub enum RestoreDiskMethod {
     Qcow2Overlay,
 }
 
+impl std::fmt::Display for RestoreDiskMethod {
+    /// What `--timings` and logs show: `qcow2 overlay`, `reflink`, `sparse copy (N MiB)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestoreDiskMethod::Qcow2Overlay => f.write_str("qcow2 overlay"),
+            RestoreDiskMethod::Clone(CloneMethod::Reflink) => f.write_str("reflink"),
+            RestoreDiskMethod::Clone(CloneMethod::SparseCopy { data_bytes }) => {
+                write!(f, "sparse copy ({} MiB)", data_bytes >> 20)
+            }
+        }
+    }
+}
+
 /// Makes `dst` (which must not exist) a private writable disk backed by the snapshot disk
 /// `src`: a reflink when the filesystem has them, else (when `qemu_img` is given, i.e.
 /// under QEMU) a qcow2 overlay on `src`, else a sparse copy.

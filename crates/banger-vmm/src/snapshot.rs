@@ -67,6 +67,10 @@ pub struct SnapshotManifest {
     pub mac: Option<MacAddr>,
     /// The source's vsock CID, when it had vsock (Firecracker).
     pub vsock_cid: Option<u32>,
+    /// The source's virtio-serial agent port name, when it had one (QEMU): a restored VM
+    /// needs the same port for the guest's agent to reach it.
+    #[serde(default)]
+    pub agent_port: Option<String>,
     pub state_bytes: u64,
     pub state_sha256: String,
     pub mem_bytes: u64,
@@ -316,6 +320,7 @@ impl Partial {
             disks,
             mac: source.net.as_ref().map(|n| n.mac),
             vsock_cid: source.vsock.as_ref().map(|v| v.guest_cid),
+            agent_port: source.agent_port.as_ref().map(|p| p.name.clone()),
             state_bytes: 0,
             state_sha256: String::new(),
             mem_bytes: saved.mem_bytes,
@@ -506,6 +511,12 @@ impl Snapshot {
             Some("the VM's network device does not match the snapshot's".into())
         } else if m.vsock_cid.is_some() != spec.vsock.is_some() {
             Some("the VM's vsock device does not match the snapshot's".into())
+        } else if m.agent_port.as_deref() != spec.agent_port.as_ref().map(|p| p.name.as_str()) {
+            Some(format!(
+                "its agent serial port is {:?} but the VM's is {:?}",
+                m.agent_port,
+                spec.agent_port.as_ref().map(|p| &p.name)
+            ))
         } else {
             None
         };

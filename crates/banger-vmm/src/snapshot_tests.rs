@@ -15,6 +15,7 @@ fn manifest(mem_bytes: u64, disks: Vec<SnapshotDisk>) -> SnapshotManifest {
         disks,
         mac: None,
         vsock_cid: None,
+        agent_port: None,
         state_bytes: 0,
         state_sha256: String::new(),
         mem_bytes,
@@ -128,6 +129,17 @@ fn a_snapshot_refuses_another_vmm_binary_or_shape() {
         .check_restorable(&spec, VmmKind::Qemu, "qemu size=2 mtime=2.0")
         .expect_err("binary");
     assert!(e.to_string().contains("another qemu binary"), "{e}");
+    // The agent's serial port is part of the device set: a VM with one cannot take a
+    // snapshot without one (its guest agent would never be reached), nor the reverse.
+    spec.agent_port = Some(crate::AgentPortSpec {
+        socket: "/tmp/agent.sock".into(),
+        name: "banger.agent".into(),
+    });
+    let e = snap
+        .check_restorable(&spec, VmmKind::Qemu, &fp)
+        .expect_err("agent port");
+    assert!(e.to_string().contains("agent serial port"), "{e}");
+    spec.agent_port = None;
     spec.memory_mib = 256;
     let e = snap
         .check_restorable(&spec, VmmKind::Qemu, &fp)
