@@ -67,6 +67,18 @@ pub fn personalise_root(root_disk: &Path, vm: &str, key: &HostKey) -> anyhow::Re
     Ok(())
 }
 
+/// `key` trimmed, when it is a single OpenSSH public key line (what authorized_keys
+/// gets, on a work disk or through the agent after a restore).
+pub fn check_ssh_public_key(key: &str) -> anyhow::Result<&str> {
+    let k = key.trim();
+    if k.contains('\n')
+        || !k.starts_with("ssh-") && !k.starts_with("ecdsa-") && !k.starts_with("sk-")
+    {
+        bail!("the ssh public key is not a single OpenSSH public key line");
+    }
+    Ok(k)
+}
+
 /// Builds the work disk (the guest's /root): the owner's key in
 /// authorized_keys, the image's shell dotfiles, and `[[file_sync]]` entries.
 /// Everything is root-owned inside the guest whoever the daemon runs as;
@@ -101,12 +113,7 @@ pub fn make_work_disk(
     std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o700))?;
     fixups.set_owner("/.ssh", 0, 0);
     if let Some(k) = ssh_key {
-        let k = k.trim();
-        if k.contains('\n')
-            || !k.starts_with("ssh-") && !k.starts_with("ecdsa-") && !k.starts_with("sk-")
-        {
-            bail!("the ssh public key is not a single OpenSSH public key line");
-        }
+        let k = check_ssh_public_key(k)?;
         let ak = ssh.join("authorized_keys");
         let mut f = std::fs::File::create(&ak)?;
         writeln!(f, "{k}")?;

@@ -32,6 +32,8 @@ printf '%s\n' "$pub" > "$R/etc/ssh/ssh_host_ed25519_key.pub"
 if [ -n "$auth" ]; then
   mkdir -p "$R/root/.ssh"; chmod 700 "$R/root/.ssh"
   printf '%s\n' "$auth" > "$R/root/.ssh/authorized_keys"; chmod 600 "$R/root/.ssh/authorized_keys"
+else
+  rm -f "$R/root/.ssh/authorized_keys"
 fi
 printf '%s' "$seed" > "$R/dev/urandom" 2>/dev/null || true
 if [ -n "$ip" ]; then
@@ -41,13 +43,38 @@ if [ -n "$ip" ]; then
   ip addr add "$ip/$prefix" dev eth0
   ip link set dev eth0 up
   if [ -n "$gw" ]; then ip route replace default via "$gw" dev eth0; fi
-  arping -c 1 -U -I eth0 "$ip" >/dev/null 2>&1 || { [ -z "$gw" ] || ping -c 1 -W 1 "$gw" >/dev/null 2>&1; } || true
+  # Announce the new MAC: arping where the image has it, else a datagram to the
+  # gateway (discard port) makes the guest ARP for it, which refreshes the host's
+  # neighbour entry and the bridge's forwarding table.
+  arping -c 1 -U -I eth0 "$ip" >/dev/null 2>&1 ||
+    { [ -z "$gw" ] || bash -c 'echo > "/dev/udp/$0/9"' "$gw"; } >/dev/null 2>&1 || true
 fi
 if command -v systemctl >/dev/null 2>&1; then
   systemctl try-restart ssh.service sshd.service >/dev/null 2>&1 || true
 fi
 echo identity-ok
 "#;
+
+/// Run in a booted guest before it becomes a warm snapshot: what the identity script
+/// needs beyond `sh` (OCI images may lack `ip`). A guest that fails it is not
+/// snapshotted, so its restores would not fail the identity round trip every time.
+const PREFLIGHT: &str =
+    r#"command -v ip >/dev/null 2>&1 || { echo "it has no ip command (iproute2)"; exit 1; }"#;
+
+/// Whether the guest behind `agent` can take an identity after a restore; why not.
+pub async fn preflight(agent: &AgentClient, networked: bool) -> Result<(), String> {
+    let script = if networked { PREFLIGHT } else { "true" };
+    let req = ExecRequest::new(["sh", "-c", script]);
+    let out = agent
+        .exec_capture(&req, b"")
+        .await
+        .map_err(|e| format!("the agent cannot run sh: {e}"))?;
+    if out.status == (ExitStatus::Exited { code: 0 }) {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
 
 /// What a restored VM must become.
 #[derive(Debug, Clone)]
@@ -101,6 +128,7 @@ impl Identity {
         agent: &AgentClient,
         file_sync_tree: Option<&Path>,
     ) -> Result<(), DaemonError> {
+        let t0 = std::time::Instant::now();
         let req = ExecRequest::new(self.argv("")?);
         let out = agent
             .exec_capture(&req, &self.host_key_private)
@@ -115,9 +143,12 @@ impl Identity {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
+        let script_ms = t0.elapsed().as_millis() as u64;
         if let Err(e) = agent.sync_time().await {
             tracing::warn!(vm = %self.name, "cannot set the restored guest's clock: {e}");
         }
+        tracing::info!(vm = %self.name, script_ms, clock_ms = t0.elapsed().as_millis() as u64 - script_ms,
+            "identity script and clock");
         if let Some(tree) = file_sync_tree {
             upload_tree(agent, tree, "/root").await?;
         }
@@ -125,7 +156,42 @@ impl Identity {
     }
 }
 
-/// Tars `tree` (entries owned by root) and unpacks it at `dest` in the guest.
+/// Appends everything under `dir` (as `rel/…`) to `b`: owned by root, with the modes
+/// [`crate::file_sync::materialise`] gave the tree (what a cold create's work disk gets:
+/// a 0600 credentials file stays 0600).
+fn append_tree<W: std::io::Write>(
+    b: &mut tar::Builder<W>,
+    dir: &Path,
+    rel: &Path,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let name = rel.join(e.file_name());
+        let meta = std::fs::symlink_metadata(&path)?;
+        let mut h = tar::Header::new_gnu();
+        h.set_metadata_in_mode(&meta, tar::HeaderMode::Deterministic);
+        h.set_mode(meta.permissions().mode() & 0o7777);
+        h.set_uid(0);
+        h.set_gid(0);
+        if meta.file_type().is_symlink() {
+            h.set_size(0);
+            b.append_link(&mut h, &name, std::fs::read_link(&path)?)?;
+        } else if meta.is_dir() {
+            h.set_size(0);
+            b.append_data(&mut h, &name, std::io::empty())?;
+            append_tree(b, &path, &name)?;
+        } else {
+            b.append_data(&mut h, &name, std::fs::File::open(&path)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Tars `tree` (entries owned by root, their modes kept) and unpacks it at `dest` in
+/// the guest.
 async fn upload_tree(agent: &AgentClient, tree: &Path, dest: &str) -> Result<(), DaemonError> {
     let tree = tree.to_path_buf();
     let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
@@ -133,9 +199,7 @@ async fn upload_tree(agent: &AgentClient, tree: &Path, dest: &str) -> Result<(),
         let mut tmp = tempfile::tempfile()?;
         {
             let mut b = tar::Builder::new(&mut tmp);
-            b.mode(tar::HeaderMode::Deterministic);
-            b.follow_symlinks(false);
-            b.append_dir_all(".", &tree)?;
+            append_tree(&mut b, &tree, Path::new("."))?;
             b.finish()?;
         }
         tmp.rewind()?;
@@ -254,5 +318,46 @@ mod tests {
         evil.name = "$(touch /tmp/pwned)".into();
         let evil_argv = evil.argv("").expect("argv");
         assert_eq!(evil_argv.get(2).map(String::as_str), Some(IDENTITY_SCRIPT));
+    }
+
+    /// The file_sync tar keeps the tree's modes (0600 stays 0600) and makes every entry
+    /// root's, whoever runs the daemon.
+    #[test]
+    fn the_file_sync_tar_keeps_modes_and_is_owned_by_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = dir.path();
+        std::fs::create_dir(t.join(".aws")).expect("mkdir");
+        std::fs::set_permissions(t.join(".aws"), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        for (f, mode) in [(".aws/credentials", 0o600), ("tool", 0o755)] {
+            std::fs::write(t.join(f), "x").expect("write");
+            std::fs::set_permissions(t.join(f), std::fs::Permissions::from_mode(mode))
+                .expect("chmod");
+        }
+        std::os::unix::fs::symlink("tool", t.join("link")).expect("symlink");
+        let mut b = tar::Builder::new(Vec::new());
+        append_tree(&mut b, t, Path::new(".")).expect("tar");
+        let bytes = b.into_inner().expect("finish");
+        let mut a = tar::Archive::new(&bytes[..]);
+        let mut got = Vec::new();
+        for e in a.entries().expect("entries") {
+            let e = e.expect("entry");
+            let h = e.header();
+            assert_eq!((h.uid().ok(), h.gid().ok()), (Some(0), Some(0)));
+            got.push((
+                e.path().expect("path").display().to_string(),
+                h.mode().expect("mode"),
+            ));
+        }
+        assert_eq!(
+            got,
+            [
+                (".aws".to_string(), 0o700),
+                (".aws/credentials".to_string(), 0o600),
+                ("link".to_string(), 0o777),
+                ("tool".to_string(), 0o755),
+            ]
+        );
     }
 }

@@ -17,6 +17,7 @@ pub mod state_lock;
 pub mod vm_dir;
 pub mod vms;
 pub mod warm;
+pub mod warm_image;
 
 pub use dns::start_dns;
 pub use error::{DaemonError, DaemonResult};

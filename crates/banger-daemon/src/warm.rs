@@ -139,12 +139,17 @@ impl Daemon {
 
     /// Whether a create of `image` with `spec` would restore from a warm snapshot.
     pub(crate) fn warm_available(&self, image: &str, spec: &banger_proto::VmSpec) -> bool {
-        let Ok(driver) = self.driver_for(None) else {
-            return false;
-        };
-        let Ok(identity) = self.warm_identity(image, &driver) else {
-            return false;
-        };
+        self.warm_for(image, spec).is_some()
+    }
+
+    /// The warm snapshot a create of `image` with `spec` would restore from.
+    pub(crate) fn warm_for(
+        &self,
+        image: &str,
+        spec: &banger_proto::VmSpec,
+    ) -> Option<(WarmKey, Snapshot)> {
+        let driver = self.driver_for(None).ok()?;
+        let identity = self.warm_identity(image, &driver).ok()?;
         let key = WarmKey {
             image: image.to_string(),
             identity,
@@ -153,7 +158,8 @@ impl Daemon {
             memory_mib: spec.memory_mib.value,
             disk_bytes: spec.disk_bytes.value,
         };
-        self.warm_lookup(&key).is_some()
+        let snap = self.warm_lookup(&key)?;
+        Some((key, snap))
     }
 
     /// The newest usable generation for `key`. One that fails its checks is retired
@@ -308,6 +314,30 @@ impl Daemon {
             }
         }
         out
+    }
+}
+
+/// The wire form of one generation.
+pub fn warm_info(
+    key: &WarmKey,
+    snap: &Snapshot,
+    made: bool,
+    retired: bool,
+) -> banger_proto::WarmSnapshotInfo {
+    let m = &snap.manifest;
+    banger_proto::WarmSnapshotInfo {
+        image: key.image.clone(),
+        vmm: key.vmm.to_string(),
+        vcpu: key.vcpu,
+        memory_mib: key.memory_mib,
+        disk_bytes: key.disk_bytes,
+        dir: snap.dir.display().to_string(),
+        created_unix: m.created_unix,
+        state_bytes: m.state_bytes,
+        save_ms: m.save_ms,
+        disk_copy_ms: m.disk_copy_ms,
+        made,
+        retired,
     }
 }
 

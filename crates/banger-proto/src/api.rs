@@ -195,6 +195,10 @@ pub struct VmInfo {
     /// The warm snapshot this VM was restored from (its disks are overlays on it).
     #[serde(default)]
     pub restored_from: Option<String>,
+    /// How that restore made the VM's disks (e.g. `root: qcow2 overlay, work: qcow2
+    /// overlay`): O(1) overlays, reflinks or sparse copies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_disks: Option<String>,
     /// Memory the running VMM has written and shares with nobody (`Private_Dirty` of
     /// /proc/PID/smaps_rollup): what a VM restored from a snapshot costs beyond it.
     #[serde(default)]

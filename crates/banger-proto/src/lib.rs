@@ -8,9 +8,11 @@ pub mod config;
 pub mod egress;
 pub mod oci;
 pub mod root;
+pub mod snapshot;
 pub mod tar_guard;
 
 pub use api::*;
 pub use config::{ConfigReload, ConfigValue, DaemonConfig};
 pub use egress::EgressPolicy;
 pub use oci::{OciPullEvent, OciPullRequest, OciRunConfig};
+pub use snapshot::WarmSnapshotInfo;

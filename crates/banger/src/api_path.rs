@@ -37,6 +37,11 @@ pub fn image(name: &str) -> Result<String, NameError> {
     Ok(format!("/v1/images/{}", segment(name)))
 }
 
+/// `/v1/images/NAME/warm`.
+pub fn image_warm(name: &str) -> Result<String, NameError> {
+    Ok(format!("{}/warm", image(name)?))
+}
+
 /// `/v1/kernels/NAME`.
 pub fn kernel(name: &str) -> Result<String, NameError> {
     validate_kernel_name(name)?;

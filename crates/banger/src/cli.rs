@@ -307,6 +307,9 @@ pub enum ImageCommand {
         after_help = "Examples:\n  banger image bundle debian-bookworm --key ./sign.key --out ./dist"
     )]
     Bundle(ImageBundleArgs),
+    /// Make the image's warm snapshot for a VM shape now (boots a VM once), so the
+    /// next `vm run` of that shape restores instead of booting.
+    Warm(ImageWarmArgs),
     /// Create an ed25519 key pair for signing bundles (SECRET is written 0600).
     #[command(after_help = "Examples:\n  banger image keygen ./sign.key ./sign.pub")]
     Keygen {
@@ -361,6 +364,24 @@ pub struct ImageShowArgs {
     /// Name of the image.
     #[arg(add = ArgValueCandidates::new(image_names))]
     pub name: String,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageWarmArgs {
+    /// Name of the image.
+    #[arg(add = ArgValueCandidates::new(image_names))]
+    pub name: String,
+    /// vCPUs of the shape (default: as `vm run` would choose).
+    #[arg(long)]
+    pub vcpu: Option<u32>,
+    /// Memory of the shape: MiB as a number, or a size such as 2G.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Work disk size of the shape, such as 16G.
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<String>,
     #[command(flatten)]
     pub json: JsonFlag,
 }

@@ -14,7 +14,7 @@ use banger_proto::agent::TtySize;
 pub struct Phases {
     start: Instant,
     last: Instant,
-    done: Vec<(&'static str, Duration)>,
+    done: Vec<(&'static str, Duration, Option<String>)>,
     show: bool,
 }
 
@@ -35,12 +35,21 @@ impl Phases {
         self.last = Instant::now();
     }
     pub fn end(&mut self, phase: &'static str) {
-        self.done.push((phase, self.last.elapsed()));
+        self.done.push((phase, self.last.elapsed(), None));
         self.last = Instant::now();
     }
+    /// A line printed after the phase just ended (e.g. how a restore made the disks).
+    pub fn note(&mut self, text: String) {
+        if let Some((_, _, n)) = self.done.last_mut() {
+            *n = Some(text);
+        }
+    }
     pub fn print(&self) {
-        for (p, d) in &self.done {
-            eprintln!("timing: {p:<8} {:>7.2}s", d.as_secs_f64());
+        for (p, d, note) in &self.done {
+            match note {
+                Some(n) => eprintln!("timing: {p:<8} {:>7.2}s  ({n})", d.as_secs_f64()),
+                None => eprintln!("timing: {p:<8} {:>7.2}s", d.as_secs_f64()),
+            }
         }
         eprintln!(
             "timing: {:<8} {:>7.2}s",

@@ -101,15 +101,6 @@ pub(crate) fn prepare(kind: VmmKind, dir: &VmDir) -> Result<Readiness, DaemonErr
     }
 }
 
-/// A client for the agent of a VM of `kind` in `dir`, without a gateway
-/// (QEMU: a connection of its own to the channel; a later one resets it).
-pub(crate) fn client_for(kind: VmmKind, dir: &VmDir) -> AgentClient {
-    match kind {
-        VmmKind::Firecracker => AgentClient::hybrid(dir.vsock()),
-        VmmKind::Qemu => AgentClient::serial(dir.agent_socket()),
-    }
-}
-
 /// The link to a running VM's agent (QEMU: the channel and its gateway).
 pub(crate) fn link(kind: VmmKind, dir: &VmDir) -> Result<AgentLink, DaemonError> {
     match kind {

@@ -84,6 +84,10 @@ impl Daemon {
             ))
         })?;
         let spec = self.checked_spec(&req)?;
+        if let Some(k) = &req.ssh_public_key {
+            crate::guest::check_ssh_public_key(k)
+                .map_err(|e| DaemonError::bad_request(e.to_string()))?;
+        }
         let subnet = self.config().vm_subnet().value;
         let pick = move |used: &[String]| {
             let used = used.iter().filter_map(|s| s.parse().ok()).collect();
@@ -203,6 +207,9 @@ impl Daemon {
         .map_err(DaemonError::internal)?;
         if disks {
             self.make_disks(rec, image_dir, ssh_key, &host_key)?;
+        } else if let Some(k) = ssh_key {
+            // Authorized through the agent after the restore; later boots' checks use it.
+            crate::readiness::remember_key(&dir, k).map_err(DaemonError::internal)?;
         }
         Ok(())
     }

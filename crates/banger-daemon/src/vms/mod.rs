@@ -150,6 +150,9 @@ pub struct VmExtra {
     /// made then, from the snapshot). `false` after that first start.
     #[serde(default)]
     pub warm_pending: bool,
+    /// How the restore made this VM's disks (`root: qcow2 overlay, …`), for `--timings`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_disks: Option<String>,
     /// The OpenSSH public key given at create, for disks made later (a warm create
     /// whose restore fell back) and for a restored guest's authorized_keys.
     #[serde(default)]

@@ -164,7 +164,7 @@ impl Daemon {
         slot.ready.send_replace(ReadyState::Waiting);
         let (running, restored) = match self.start_or_restore(rec, &driver, &mut spec).await? {
             Started::Booted(vm) => (vm, None),
-            Started::Restored(vm, snap) => (vm, Some(snap)),
+            Started::Restored(vm, snap, link) => (vm, Some((snap, link))),
         };
         let handle = running.handle().clone();
         // In the slot at once: a failure from here on stops it (undo_boot).
@@ -180,15 +180,16 @@ impl Daemon {
             let _ = self.dns_names.set(&name, ip);
         }
         tracing::info!(vm = %name, pid = handle.process.pid, vmm = %driver.kind(), "started");
-        let link = agent::link(driver.kind(), &dir)?;
-        let ready = link.ready(readiness, READY_TIMEOUT, &name);
-        slot.set_agent(Some(link));
-        if restored.is_some() {
-            // start_or_restore gave it its identity already.
+        if let Some((_, link)) = restored {
+            // start_or_restore gave it its identity already, through this link.
+            slot.set_agent(Some(*link));
             slot.ready.send_replace(ReadyState::Ready);
             self.watch(name, Arc::clone(slot));
             return Ok(());
         }
+        let link = agent::link(driver.kind(), &dir)?;
+        let ready = link.ready(readiness, READY_TIMEOUT, &name);
+        slot.set_agent(Some(link));
         let warm = (
             Arc::clone(self),
             self.store.get_vm(&name)?,

@@ -17,29 +17,29 @@ use std::time::{Duration, Instant};
 
 use banger_agent::client::AgentClient;
 use banger_store::VmRecord;
-use banger_vmm::{Driver, RunningVmm, Snapshot, Vmm, VmmKind, VmmSpec};
+use banger_vmm::{Driver, RestoreReport, RunningVmm, Snapshot, Vmm, VmmKind, VmmSpec};
 
 use super::{Slot, VmExtra, blocking, extra_of, ipv4};
 use crate::identity::Identity;
 use crate::{Daemon, DaemonError, VmDir};
 
 /// Whether VMs of this spec can be snapshotted with their agent channel: Firecracker's
-/// vsock survives a snapshot; QEMU's vhost-user vsock blocks migration, so a QEMU VM
-/// qualifies only with no vhost-user device and an agent on a migratable channel.
+/// vsock survives a snapshot; under QEMU only the agent's virtio-serial port migrates
+/// (vhost-user vsock blocks migration), so a QEMU VM qualifies with that port and no
+/// vsock device.
 pub fn warm_capable(spec: &VmmSpec, kind: VmmKind) -> bool {
     match kind {
         VmmKind::Firecracker => spec.vsock.is_some(),
-        // The agent's virtio-serial channel survives a snapshot (banger-agent's
-        // real_guest test restores one and uses it); warm QEMU snapshots stay off
-        // until the warm start itself is tested end to end under QEMU.
-        VmmKind::Qemu => false,
+        VmmKind::Qemu => spec.vsock.is_none() && spec.agent_port.is_some(),
     }
 }
 
 /// How a VM was started.
 pub enum Started {
     Booted(RunningVmm),
-    Restored(RunningVmm, Box<Snapshot>),
+    /// Restored and identified through `link`, the agent link the VM keeps (under QEMU
+    /// the one connection its serial channel accepts).
+    Restored(RunningVmm, Box<Snapshot>, Box<super::agent::AgentLink>),
 }
 
 impl Daemon {
@@ -72,12 +72,13 @@ impl Daemon {
                     .restore_identified(rec, driver, &snap, &restore_spec)
                     .await
                 {
-                    Ok(vm) => {
+                    Ok((vm, link, report)) => {
                         extra.warm_pending = false;
                         extra.warm_from = Some(snap.dir.display().to_string());
+                        extra.restore_disks = Some(describe_disks(&report));
                         self.save_extra(&rec.name, &extra)?;
                         *spec = restore_spec;
-                        return Ok(Started::Restored(vm, Box::new(snap)));
+                        return Ok(Started::Restored(vm, Box::new(snap), Box::new(link)));
                     }
                     Err(e) => {
                         let why = format!(
@@ -109,15 +110,16 @@ impl Daemon {
         Ok(())
     }
 
-    /// Restores `spec` from `snap` and gives the guest its identity. On any failure the
-    /// restored VMM is stopped and the disks it got are removed.
+    /// Restores `spec` from `snap` and gives the guest its identity through the agent
+    /// link the VM then keeps. On any failure the restored VMM is stopped and the disks
+    /// it got are removed.
     async fn restore_identified(
         &self,
         rec: &VmRecord,
         driver: &Driver,
         snap: &Snapshot,
         spec: &VmmSpec,
-    ) -> Result<RunningVmm, DaemonError> {
+    ) -> Result<(RunningVmm, super::agent::AgentLink, RestoreReport), DaemonError> {
         let r = driver
             .restore(snap, spec)
             .await
@@ -126,20 +128,27 @@ impl Daemon {
             restore_ms = r.report.restore_ms, disk_ms = r.report.disk_ms,
             disks = ?r.report.disks, "restored from the warm snapshot");
         let mut vm = r.vm;
-        let agent = super::agent::client_for(driver.kind(), &VmDir::new(&spec.vm_dir))
-            .with_connect_timeout(Duration::from_secs(5));
-        let identified = self.restored_ready(rec, &agent).await;
-        if let Err(e) = identified {
-            let _ = driver.stop(&mut vm, Duration::ZERO).await;
-            for p in [Some(spec.root_disk.clone()), spec.work_disk.clone()]
-                .into_iter()
-                .flatten()
-            {
-                let _ = std::fs::remove_file(p);
+        let identified = match super::agent::link(driver.kind(), &VmDir::new(&spec.vm_dir)) {
+            Ok(link) => {
+                let agent = link.client().with_connect_timeout(Duration::from_secs(5));
+                self.restored_ready(rec, &agent).await.map(|()| link)
             }
-            return Err(e);
-        }
-        Ok(vm)
+            Err(e) => Err(e),
+        };
+        let link = match identified {
+            Ok(link) => link,
+            Err(e) => {
+                let _ = driver.stop(&mut vm, Duration::ZERO).await;
+                for p in [Some(spec.root_disk.clone()), spec.work_disk.clone()]
+                    .into_iter()
+                    .flatten()
+                {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        };
+        Ok((vm, link, r.report))
     }
 
     /// Readiness of a restored VM: the agent answers, then takes the VM's identity and
@@ -165,12 +174,14 @@ impl Daemon {
                 }
             }
         }
+        let agent_ms = t0.elapsed().as_millis() as u64;
         let identity = self.identity_of(rec)?;
         let tree = self.file_sync_tree()?;
         identity
             .apply(agent, tree.as_ref().map(|t| t.path()))
             .await?;
-        tracing::info!(vm = %rec.name, ms = t0.elapsed().as_millis() as u64, "restored guest took its identity");
+        tracing::info!(vm = %rec.name, ms = t0.elapsed().as_millis() as u64, agent_ms,
+            "restored guest took its identity");
         Ok(())
     }
 
@@ -230,6 +241,15 @@ impl Daemon {
         let Ok(key) = self.warm_key(rec, driver) else {
             return;
         };
+        if self.warm_lookup(&key).is_some() {
+            return;
+        }
+        let networked = ipv4(rec).is_some() && self.network.attaches();
+        if let Err(why) = crate::identity::preflight(&self.agent_client(&rec.name), networked).await
+        {
+            tracing::info!(vm = %rec.name, "no warm snapshot of this shape: the guest could not take a new identity after a restore: {why}");
+            return;
+        }
         let mut guard = slot.vmm.lock().await;
         let Some(vm) = guard.as_mut() else {
             return;
@@ -238,4 +258,15 @@ impl Daemon {
             tracing::warn!(vm = %rec.name, "{}", e.message);
         }
     }
+}
+
+/// How a restore made the VM's disks, for `--timings` and `vm show` (e.g. `root:
+/// qcow2 overlay, work: qcow2 overlay`).
+fn describe_disks(report: &RestoreReport) -> String {
+    report
+        .disks
+        .iter()
+        .map(|(id, m)| format!("{id}: {m}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -182,6 +182,7 @@ pub async fn run_image(client: &Client, c: ImageCommand) -> anyhow::Result<ExitC
                 }))?
             )?;
         }
+        ImageCommand::Warm(a) => return super::warm::image_warm(client, a).await,
         ImageCommand::Keygen { secret, public } => {
             let vk = banger_image::bundle::generate_key(&secret, &public)?;
             outln!(

@@ -7,6 +7,7 @@ mod ssh;
 mod ssh_config;
 mod system;
 mod vm;
+mod warm;
 
 use std::process::ExitCode;
 

@@ -6,8 +6,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use banger_daemon::images::{image_info, kernel_info};
 use banger_proto::{
-    BuildImageRequest, BundleImageRequest, BundleInfo, EnsureEvent, EnsureImageRequest, ImageInfo,
-    KernelInfo, PullEvent, PullImageRequest, RegisterImageRequest, RegisterKernelRequest,
+    BuildImageRequest, BundleImageRequest, BundleInfo, CreateVmRequest, EnsureEvent,
+    EnsureImageRequest, ImageInfo, KernelInfo, PullEvent, PullImageRequest, RegisterImageRequest,
+    RegisterKernelRequest, WarmSnapshotInfo,
 };
 
 use super::{ApiErr, ApiJson, ApiResult, AppState, ndjson};
@@ -22,6 +23,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/images/bundle", post(bundle_image))
         .route("/v1/kernels/register", post(register_kernel))
         .route("/v1/images/{name}", get(show_image).delete(delete_image))
+        .route("/v1/images/{name}/warm", post(warm_image))
         .route("/v1/kernels", get(list_kernels))
         .route("/v1/kernels/{name}", get(show_kernel).delete(delete_kernel))
 }
@@ -135,6 +137,20 @@ async fn show_image(State(d): State<AppState>, Path(name): Path<String>) -> ApiR
 
 async fn delete_image(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult<ImageInfo> {
     Ok(Json(image_info(d.delete_image(&name)?)))
+}
+
+/// Makes the image's warm snapshot for a shape now (it boots a VM: minutes under TCG).
+/// The work runs to its end even if the client goes away, so its VM is always deleted.
+async fn warm_image(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<CreateVmRequest>,
+) -> ApiResult<WarmSnapshotInfo> {
+    let work = tokio::spawn(async move { d.warm_image(&name, &req).await });
+    let info = work
+        .await
+        .map_err(|e| ApiErr::internal(format!("the warm snapshot task failed: {e}")))??;
+    Ok(Json(info))
 }
 
 async fn list_kernels(State(d): State<AppState>) -> ApiResult<Vec<KernelInfo>> {

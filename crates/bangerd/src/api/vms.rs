@@ -29,7 +29,8 @@ pub fn routes() -> Router<AppState> {
 pub fn vm_info(d: &Daemon, r: VmRecord) -> VmInfo {
     let running = r.state == banger_proto::VmState::Running;
     let vsock = d.vm_dir(&r.name).vsock();
-    let restored_from = banger_daemon::vms::extra_of(&r).warm_from;
+    let extra = banger_daemon::vms::extra_of(&r);
+    let (restored_from, restore_disks) = (extra.warm_from, extra.restore_disks);
     let private_memory_bytes = running
         .then_some(r.pid)
         .flatten()
@@ -37,6 +38,7 @@ pub fn vm_info(d: &Daemon, r: VmRecord) -> VmInfo {
     let egress = banger_daemon::vms::egress_of(&r);
     VmInfo {
         restored_from,
+        restore_disks,
         private_memory_bytes,
         agent_ready: running && d.agent_ready(&r.name),
         vsock_path: (running && vsock.exists()).then(|| vsock.display().to_string()),

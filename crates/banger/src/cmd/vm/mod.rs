@@ -17,7 +17,7 @@ mod cp;
 mod exec;
 mod logs;
 mod ready;
-mod request;
+pub(super) mod request;
 mod run;
 mod show;
 mod ssh;

@@ -311,6 +311,11 @@ async fn run_in_vm(
     } else {
         "boot"
     });
+    if a.timings
+        && let Some(disks) = &vm.restore_disks
+    {
+        phases.note(format!("disks: {disks}"));
+    }
     let agent = agent_for(&vm)?;
     let mut cwd = None;
     if let Some((path, source, files)) = &workspace {
