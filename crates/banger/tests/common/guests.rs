@@ -197,17 +197,22 @@ impl GuestEnv {
     }
 
     pub fn start_daemons(&mut self) {
+        self.start_daemons_with(&[]);
+    }
+
+    /// [`GuestEnv::start_daemons`] with more arguments for bangerd-root (its network
+    /// policy, e.g. `--isolate-vms false`).
+    pub fn start_daemons_with(&mut self, helper_args: &[&str]) {
         let root_sock = self.path("root/root.sock");
-        self.helper = Some(self.spawn_in_ns(
-            &super::bin("bangerd-root"),
-            &[
-                "--socket".into(),
-                root_sock.display().to_string(),
-                "--owner-uid".into(),
-                "0".into(),
-            ],
-            "bangerd-root.log",
-        ));
+        let mut args: Vec<String> = vec![
+            "--socket".into(),
+            root_sock.display().to_string(),
+            "--owner-uid".into(),
+            "0".into(),
+        ];
+        args.extend(helper_args.iter().map(|a| a.to_string()));
+        self.helper =
+            Some(self.spawn_in_ns(&super::bin("bangerd-root"), &args, "bangerd-root.log"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while !root_sock.exists() {
             assert!(
