@@ -156,40 +156,6 @@ impl Identity {
     }
 }
 
-/// Appends everything under `dir` (as `rel/…`) to `b`: owned by root, with the modes
-/// [`crate::file_sync::materialise`] gave the tree (what a cold create's work disk gets:
-/// a 0600 credentials file stays 0600).
-fn append_tree<W: std::io::Write>(
-    b: &mut tar::Builder<W>,
-    dir: &Path,
-    rel: &Path,
-) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let path = e.path();
-        let name = rel.join(e.file_name());
-        let meta = std::fs::symlink_metadata(&path)?;
-        let mut h = tar::Header::new_gnu();
-        h.set_metadata_in_mode(&meta, tar::HeaderMode::Deterministic);
-        h.set_mode(meta.permissions().mode() & 0o7777);
-        h.set_uid(0);
-        h.set_gid(0);
-        if meta.file_type().is_symlink() {
-            h.set_size(0);
-            b.append_link(&mut h, &name, std::fs::read_link(&path)?)?;
-        } else if meta.is_dir() {
-            h.set_size(0);
-            b.append_data(&mut h, &name, std::io::empty())?;
-            append_tree(b, &path, &name)?;
-        } else {
-            b.append_data(&mut h, &name, std::fs::File::open(&path)?)?;
-        }
-    }
-    Ok(())
-}
-
 /// Tars `tree` (entries owned by root, their modes kept) and unpacks it at `dest` in
 /// the guest.
 async fn upload_tree(agent: &AgentClient, tree: &Path, dest: &str) -> Result<(), DaemonError> {
@@ -197,11 +163,7 @@ async fn upload_tree(agent: &AgentClient, tree: &Path, dest: &str) -> Result<(),
     let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
         use std::io::Seek;
         let mut tmp = tempfile::tempfile()?;
-        {
-            let mut b = tar::Builder::new(&mut tmp);
-            append_tree(&mut b, &tree, Path::new("."))?;
-            b.finish()?;
-        }
+        banger_agent::transfer::pack_tree_as_root(&tree, &mut tmp)?;
         tmp.rewind()?;
         Ok(tmp)
     })
@@ -318,46 +280,5 @@ mod tests {
         evil.name = "$(touch /tmp/pwned)".into();
         let evil_argv = evil.argv("").expect("argv");
         assert_eq!(evil_argv.get(2).map(String::as_str), Some(IDENTITY_SCRIPT));
-    }
-
-    /// The file_sync tar keeps the tree's modes (0600 stays 0600) and makes every entry
-    /// root's, whoever runs the daemon.
-    #[test]
-    fn the_file_sync_tar_keeps_modes_and_is_owned_by_root() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let t = dir.path();
-        std::fs::create_dir(t.join(".aws")).expect("mkdir");
-        std::fs::set_permissions(t.join(".aws"), std::fs::Permissions::from_mode(0o700))
-            .expect("chmod");
-        for (f, mode) in [(".aws/credentials", 0o600), ("tool", 0o755)] {
-            std::fs::write(t.join(f), "x").expect("write");
-            std::fs::set_permissions(t.join(f), std::fs::Permissions::from_mode(mode))
-                .expect("chmod");
-        }
-        std::os::unix::fs::symlink("tool", t.join("link")).expect("symlink");
-        let mut b = tar::Builder::new(Vec::new());
-        append_tree(&mut b, t, Path::new(".")).expect("tar");
-        let bytes = b.into_inner().expect("finish");
-        let mut a = tar::Archive::new(&bytes[..]);
-        let mut got = Vec::new();
-        for e in a.entries().expect("entries") {
-            let e = e.expect("entry");
-            let h = e.header();
-            assert_eq!((h.uid().ok(), h.gid().ok()), (Some(0), Some(0)));
-            got.push((
-                e.path().expect("path").display().to_string(),
-                h.mode().expect("mode"),
-            ));
-        }
-        assert_eq!(
-            got,
-            [
-                (".aws".to_string(), 0o700),
-                (".aws/credentials".to_string(), 0o600),
-                ("link".to_string(), 0o777),
-                ("tool".to_string(), 0o755),
-            ]
-        );
     }
 }

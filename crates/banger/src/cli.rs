@@ -309,6 +309,9 @@ pub enum ImageCommand {
     Bundle(ImageBundleArgs),
     /// Make the image's warm snapshot for a VM shape now (boots a VM once), so the
     /// next `vm run` of that shape restores instead of booting.
+    #[command(
+        after_help = "Examples:\n  banger image warm debian-bookworm\n  banger image warm debian-bookworm --vcpu 2 --memory 2G --json"
+    )]
     Warm(ImageWarmArgs),
     /// Create an ed25519 key pair for signing bundles (SECRET is written 0600).
     #[command(after_help = "Examples:\n  banger image keygen ./sign.key ./sign.pub")]

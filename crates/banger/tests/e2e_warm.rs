@@ -86,7 +86,7 @@ fn corrupt_state(generation: &Path) {
 /// Copies `vm`'s console log to `$BANGER_TEST_CACHE/e2e-warm-consoles/` (its VM
 /// directory goes with the VM), so every guest's console outlives the test.
 fn keep_console(env: &GuestEnv, vm: &str) {
-    let dir = banger_image::build::test_cache_dir().join("e2e-warm-consoles");
+    let dir = banger_testkit::test_cache_dir().join("e2e-warm-consoles");
     let _ = std::fs::create_dir_all(&dir);
     let _ = std::fs::copy(
         env.path(&format!("state/vms/{vm}/console.log")),

@@ -3,7 +3,8 @@
 //! guest data (`vm cp` both ways, `vm run`'s workspace upload, the agent's
 //! upload and download handlers).
 //!
-//! * [`pack`]: the one packer ([`pack_path`]; [`pack_files`] for a file list).
+//! * [`pack`]: the one packer ([`pack_path`]; [`pack_files`] for a file list;
+//!   [`pack_tree_as_root`] for the daemon's file_sync tree).
 //! * [`unpack`]: the contained unpacker (never writes outside its target,
 //!   never through a symlink); on the host it masks setuid, setgid and
 //!   world-writable bits ([`Modes::Safe`]).
@@ -17,7 +18,7 @@ pub mod stage;
 pub mod unpack;
 
 pub use check::{Shape, check_archive};
-pub use pack::{PackError, default_name, pack_files, pack_path};
+pub use pack::{PackError, default_name, pack_files, pack_path, pack_tree_as_root};
 pub use stage::unpack_to;
 pub use unpack::{Modes, UNSAFE_MODE_BITS, UnpackError, contained_relative, unpack_contained};
 

@@ -50,6 +50,48 @@ pub fn pack_files<W: io::Write>(root: &Path, files: &[PathBuf], out: W) -> Resul
     })
 }
 
+/// Writes the contents of the directory `root` as a tar stream of relative names, every
+/// entry owned by root (uid/gid 0) with the mode it has on the host and fixed mtimes:
+/// what the daemon sends into a restored guest for `[[file_sync]]` (a 0600 credentials
+/// file stays 0600, as on a cold create's work disk), whoever runs the daemon.
+pub fn pack_tree_as_root<W: io::Write>(root: &Path, out: W) -> io::Result<W> {
+    let mut b = builder(out);
+    append_tree(&mut b, root, Path::new("."))?;
+    b.into_inner()
+}
+
+/// Appends everything under `dir` (as `rel/…`) to `b`, see [`pack_tree_as_root`].
+fn append_tree<W: std::io::Write>(
+    b: &mut tar::Builder<W>,
+    dir: &Path,
+    rel: &Path,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let name = rel.join(e.file_name());
+        let meta = std::fs::symlink_metadata(&path)?;
+        let mut h = tar::Header::new_gnu();
+        h.set_metadata_in_mode(&meta, tar::HeaderMode::Deterministic);
+        h.set_mode(meta.permissions().mode() & 0o7777);
+        h.set_uid(0);
+        h.set_gid(0);
+        if meta.file_type().is_symlink() {
+            h.set_size(0);
+            b.append_link(&mut h, &name, std::fs::read_link(&path)?)?;
+        } else if meta.is_dir() {
+            h.set_size(0);
+            b.append_data(&mut h, &name, std::io::empty())?;
+            append_tree(b, &path, &name)?;
+        } else {
+            b.append_data(&mut h, &name, std::fs::File::open(&path)?)?;
+        }
+    }
+    Ok(())
+}
+
 /// A file that could not be added to a [`pack_files`] stream.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot add {} to the archive: {source}", path.display())]
@@ -119,5 +161,44 @@ mod tests {
         let e =
             pack_files(tmp.path(), &[PathBuf::from("gone")], Vec::new()).expect_err("missing file");
         assert!(e.to_string().contains("gone"), "{e}");
+    }
+
+    /// [`pack_tree_as_root`] keeps the tree's modes (0600 stays 0600) and makes every entry
+    /// root's, whoever runs the daemon.
+    #[test]
+    fn the_file_sync_tar_keeps_modes_and_is_owned_by_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = dir.path();
+        std::fs::create_dir(t.join(".aws")).expect("mkdir");
+        std::fs::set_permissions(t.join(".aws"), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        for (f, mode) in [(".aws/credentials", 0o600), ("tool", 0o755)] {
+            std::fs::write(t.join(f), "x").expect("write");
+            std::fs::set_permissions(t.join(f), std::fs::Permissions::from_mode(mode))
+                .expect("chmod");
+        }
+        std::os::unix::fs::symlink("tool", t.join("link")).expect("symlink");
+        let bytes = pack_tree_as_root(t, Vec::new()).expect("tar");
+        let mut a = tar::Archive::new(&bytes[..]);
+        let mut got = Vec::new();
+        for e in a.entries().expect("entries") {
+            let e = e.expect("entry");
+            let h = e.header();
+            assert_eq!((h.uid().ok(), h.gid().ok()), (Some(0), Some(0)));
+            got.push((
+                e.path().expect("path").display().to_string(),
+                h.mode().expect("mode"),
+            ));
+        }
+        assert_eq!(
+            got,
+            [
+                (".aws".to_string(), 0o700),
+                (".aws/credentials".to_string(), 0o600),
+                ("link".to_string(), 0o777),
+                ("tool".to_string(), 0o755),
+            ]
+        );
     }
 }
