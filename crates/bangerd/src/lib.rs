@@ -24,8 +24,24 @@ pub async fn run(paths: Paths, config_path: Option<PathBuf>, opts: Options) -> a
     config.source = file;
     let socket_path = paths.socket.clone();
     let daemon = Arc::new(Daemon::open(paths, config, &opts)?);
-    daemon.readopt().await?;
     let listener = socket::bind(&socket_path)?;
+    // Re-adoption runs beside the server: each VM's lifecycle lock is taken
+    // before READY (so a request for it waits), the bounded waits for its
+    // guest happen after, all VMs at once; 50 wedged guests cannot hold the
+    // start past systemd's timeout.
+    let readoption = {
+        let mut tasks = daemon.begin_readopt().await?;
+        tokio::spawn(async move {
+            while let Some(done) = tasks.join_next().await {
+                match done {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!("{e:#}"),
+                    Err(e) => tracing::error!("re-adoption task failed: {e}"),
+                }
+            }
+            tracing::info!("re-adoption finished");
+        })
+    };
     // DNS may wait for the root helper (it creates the bridge the server
     // listens on); clients must not wait for that.
     let dns = {
@@ -48,6 +64,7 @@ pub async fn run(paths: Paths, config_path: Option<PathBuf>, opts: Options) -> a
         .context("API server failed")?;
     dns.abort();
     reload.abort();
+    readoption.abort();
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("bangerd stopped");

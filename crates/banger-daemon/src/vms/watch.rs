@@ -74,66 +74,107 @@ impl Daemon {
         }
     }
 
-    /// After a daemon restart: adopt live VMMs, record dead ones.
+    /// After a daemon restart: adopt live VMMs, record dead ones; returns
+    /// when every VM is done (see [`Daemon::begin_readopt`]).
     pub async fn readopt(self: &Arc<Self>) -> anyhow::Result<()> {
+        let mut tasks = self.begin_readopt().await?;
+        let mut first_error = None;
+        while let Some(done) = tasks.join_next().await {
+            let result = done.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Starts re-adopting every VM that was running, all at once, each
+    /// with bounded waits (a wedged guest's agent costs ≤ 5 s, and only its
+    /// own VM). Returns as soon as every such VM's lifecycle lock is taken:
+    /// the daemon can serve (and tell systemd READY) at once, and a request
+    /// for a VM still being re-adopted waits for that VM only.
+    pub async fn begin_readopt(
+        self: &Arc<Self>,
+    ) -> anyhow::Result<tokio::task::JoinSet<anyhow::Result<()>>> {
+        let mut tasks = tokio::task::JoinSet::new();
         for rec in self.store.list_vms()? {
             if next(rec.state, Op::Adopted) == Move::Refused {
                 continue; // nothing was running
             }
-            let dir = self.vm_dir(&rec.name);
-            let outcome = match dir.read_handle() {
-                Some(h) => banger_vmm::adopt(h).await,
-                None => Adoption::Gone {
-                    reason: "no VMM handle was recorded".into(),
-                },
-            };
-            match outcome {
-                Adoption::Alive(vm) => {
-                    tracing::info!(vm = %rec.name, pid = vm.pid(), "re-adopted running VM");
-                    let slot = self.slots.get(&rec.name);
-                    let kind = vm.handle().kind;
-                    *slot.vmm.lock().await = Some(*vm);
-                    // The agent announced itself to the previous daemon; ask it directly.
-                    let answered = match super::agent::link(kind, &dir) {
-                        Ok(link) => {
-                            let client = link.client().with_connect_timeout(Duration::from_secs(2));
-                            slot.set_agent(Some(link));
-                            let ping = client.ping();
-                            matches!(
-                                tokio::time::timeout(Duration::from_secs(3), ping).await,
-                                Ok(Ok(_))
-                            )
-                        }
-                        Err(e) => {
-                            tracing::warn!(vm = %rec.name, "{}", e.message);
-                            false
-                        }
-                    };
-                    slot.ready.send_replace(if answered {
-                        ReadyState::Ready
-                    } else {
-                        ReadyState::Failed(
-                            "the guest agent did not answer after the daemon restarted".into(),
+            let (claimed, is_claimed) = tokio::sync::oneshot::channel();
+            let d = Arc::clone(self);
+            tasks.spawn(async move {
+                let slot = d.slots.get(&rec.name);
+                let _op = slot.op.lock().await;
+                let _ = claimed.send(());
+                let name = rec.name.clone();
+                d.readopt_one(rec, &slot)
+                    .await
+                    .map_err(|e| e.context(format!("re-adopting VM {name}")))
+            });
+            let _ = is_claimed.await;
+        }
+        Ok(tasks)
+    }
+
+    /// One VM of [`Daemon::begin_readopt`], its lifecycle lock held.
+    async fn readopt_one(
+        self: &Arc<Self>,
+        rec: banger_store::VmRecord,
+        slot: &Arc<Slot>,
+    ) -> anyhow::Result<()> {
+        let dir = self.vm_dir(&rec.name);
+        let outcome = match dir.read_handle() {
+            Some(h) => banger_vmm::adopt(h).await,
+            None => Adoption::Gone {
+                reason: "no VMM handle was recorded".into(),
+            },
+        };
+        match outcome {
+            Adoption::Alive(vm) => {
+                tracing::info!(vm = %rec.name, pid = vm.pid(), "re-adopted running VM");
+                let kind = vm.handle().kind;
+                *slot.vmm.lock().await = Some(*vm);
+                // The agent announced itself to the previous daemon; ask it directly.
+                let answered = match super::agent::link(kind, &dir) {
+                    Ok(link) => {
+                        let client = link.client().with_connect_timeout(Duration::from_secs(2));
+                        slot.set_agent(Some(link));
+                        let ping = client.ping();
+                        matches!(
+                            tokio::time::timeout(Duration::from_secs(3), ping).await,
+                            Ok(Ok(_))
                         )
-                    });
-                    self.apply(&rec, Op::Adopted, None)?;
-                    if let Some(ip) = ipv4(&rec) {
-                        let _ = self.dns_names.set(&rec.name, ip);
                     }
-                    if self.network.attaches() {
-                        self.forward_dns_for(&rec);
+                    Err(e) => {
+                        tracing::warn!(vm = %rec.name, "{}", e.message);
+                        false
                     }
-                    self.watch(rec.name.clone(), slot);
+                };
+                slot.ready.send_replace(if answered {
+                    ReadyState::Ready
+                } else {
+                    ReadyState::Failed(
+                        "the guest agent did not answer after the daemon restarted".into(),
+                    )
+                });
+                self.apply(&rec, Op::Adopted, None)?;
+                if let Some(ip) = ipv4(&rec) {
+                    let _ = self.dns_names.set(&rec.name, ip);
                 }
-                Adoption::Gone { reason } => {
-                    let tail = banger_vmm::process::log_tail(&dir.console_log(), 10);
-                    let why = format!("its VMM is gone ({reason}); console tail:\n{tail}");
-                    tracing::warn!(vm = %rec.name, "{why}");
-                    let _ = self.teardown_network(&rec).await;
-                    self.store.set_vm_process(&rec.name, None, None)?;
-                    dir.remove_handle();
-                    self.apply(&rec, Op::Lost, Some(&why))?;
+                if self.network.attaches() {
+                    self.forward_dns_for(&rec);
                 }
+                self.watch(rec.name.clone(), Arc::clone(slot));
+            }
+            Adoption::Gone { reason } => {
+                let tail = banger_vmm::process::log_tail(&dir.console_log(), 10);
+                let why = format!("its VMM is gone ({reason}); console tail:\n{tail}");
+                tracing::warn!(vm = %rec.name, "{why}");
+                let _ = self.teardown_network(&rec).await;
+                self.store.set_vm_process(&rec.name, None, None)?;
+                dir.remove_handle();
+                self.apply(&rec, Op::Lost, Some(&why))?;
             }
         }
         Ok(())
