@@ -27,7 +27,7 @@ use common::outside::{self, Outside};
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const VM: &str = "dflt";
 
@@ -319,13 +319,35 @@ fn system_install_in_guest(env: &GuestEnv, agent: &Path) {
     both_units_active(env, "after install");
     let (code, out, err) = exec(env, "banger system status --json");
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(
-        out.matches("\"answering\":true").count(),
-        2,
-        "both sockets answer: {out}"
-    );
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
+    let answering: Vec<bool> = status["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .map(|s| s["socket"]["answering"] == true)
+        .collect();
+    assert_eq!(answering, [true, true], "both sockets answer: {out}");
     let (code, out, err) = exec(env, "runuser -u dev -- banger vm list");
     assert_eq!(code, 0, "vm list as the owner\n{out}{err}");
+    // `systemctl reload` re-reads the owner's config (ExecReload: SIGHUP).
+    let edit = "printf 'default_image_name = \"reloaded\"\\n[network]\\nsubnet = \"192.168.77.0/24\"\\n' \
+        > /home/dev/.config/banger/config.toml && systemctl reload bangerd.service";
+    let (code, out, err) = exec(env, edit);
+    assert_eq!(code, 0, "systemctl reload\n{out}{err}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, out, err) = exec(env, "runuser -u dev -- banger config show --json");
+        assert_eq!(code, 0, "{out}{err}");
+        if out.contains("\"reloaded\"") {
+            assert!(out.contains("\"applied\""), "{out}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "systemctl reload did not reload the config: {out}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
     let (code, out, err) = exec(env, "banger system restart");
     assert_eq!(code, 0, "{out}{err}");
     both_units_active(env, "after restart");
