@@ -61,19 +61,6 @@ pub async fn start_dns(daemon: &Arc<Daemon>, opts: &Options) -> Option<banger_dn
             return None;
         }
     };
-    // Port 53 needed CAP_NET_BIND_SERVICE (ambient, from the unit); the
-    // socket is bound now, so VMMs and tools we spawn must not inherit it.
-    // SAFETY: prctl with these arguments only changes this process's
-    // ambient capability set.
-    unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
-            0,
-        );
-    }
     match server.spawn(2) {
         Ok(h) => {
             tracing::info!(%addr, "serving the .vm zone");

@@ -41,6 +41,22 @@ fn main() -> ExitCode {
     // the owner unless a narrower mode is chosen explicitly.
     // SAFETY: umask only changes this process's file-creation mask.
     unsafe { libc::umask(0o077) };
+    // Ambient capabilities are per thread and inherited by every child a
+    // thread spawns (VMMs, ssh-keygen, mkfs…). Cleared here, before any
+    // thread exists, so no thread and no child has any; the permitted and
+    // effective sets keep CAP_NET_BIND_SERVICE (the unit's ambient grant)
+    // for binding DNS on port 53.
+    // SAFETY: prctl with these arguments only changes this (still the
+    // only) thread's ambient set.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+    }
     bangerd::logging::init();
     let args = Args::parse();
     let paths = banger_core::Paths::resolve(
