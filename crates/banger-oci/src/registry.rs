@@ -104,6 +104,8 @@ pub struct Client {
     creds: Option<Credentials>,
     /// Current Authorization header (bearer token or basic), if any.
     authorization: Option<String>,
+    /// Registries the user allowed over plain HTTP.
+    insecure: Vec<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -130,6 +132,18 @@ pub fn uses_plain_http(registry: &str, insecure: &[String]) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// A token realm may be plain http only on a host that may be reached over
+/// plain http at all ([`uses_plain_http`]: loopback or listed); a realm on
+/// another host would receive the user's credentials in the clear.
+pub fn plain_realm_allowed(realm: &str, insecure: &[String]) -> bool {
+    let Some(rest) = realm.strip_prefix("http://") else {
+        return true;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    uses_plain_http(host, insecure)
+}
+
 impl Client {
     pub fn new(reference: &Reference, opts: &RegistryOptions) -> Result<Self> {
         let host = reference.api_host();
@@ -153,6 +167,7 @@ impl Client {
             repository: reference.repository.clone(),
             creds,
             authorization: None,
+            insecure: opts.insecure_registries.clone(),
         })
     }
 
@@ -231,6 +246,15 @@ impl Client {
             return Err(Error::Http {
                 url: realm.to_string(),
                 reason: "token realm is not an http(s) URL".into(),
+            });
+        }
+        if !plain_realm_allowed(realm, &self.insecure) {
+            return Err(Error::Http {
+                url: realm.to_string(),
+                reason: "the registry sends its token requests (with your credentials) over \
+                         plain http to a host that is not loopback; refusing. Use https, or list \
+                         that host under insecure registries if it is really yours"
+                    .into(),
             });
         }
         let mut req = self.agent.get(realm).query("scope", scope);
@@ -515,6 +539,24 @@ mod tests {
         assert!(!uses_plain_http("docker.io", &none));
         assert!(uses_plain_http(
             "registry.lan:5000",
+            &["registry.lan:5000".to_string()]
+        ));
+    }
+
+    #[test]
+    fn bearer_realms_over_plain_http_only_on_loopback_or_listed_hosts() {
+        let none: Vec<String> = vec![];
+        assert!(plain_realm_allowed("https://auth.docker.io/token", &none));
+        assert!(plain_realm_allowed("http://127.0.0.1:5001/token", &none));
+        assert!(plain_realm_allowed("http://localhost/token?x=1", &none));
+        assert!(!plain_realm_allowed("http://auth.example.com/token", &none));
+        assert!(!plain_realm_allowed("http://198.18.0.2:5001/token", &none));
+        assert!(
+            !plain_realm_allowed("http://127.0.0.1@evil.example/token", &none),
+            "userinfo does not make a host loopback"
+        );
+        assert!(plain_realm_allowed(
+            "http://registry.lan:5000/token",
             &["registry.lan:5000".to_string()]
         ));
     }

@@ -102,3 +102,26 @@ fn bearer_token_anonymous() {
         "anonymous token requests carry no auth: {seen:?}"
     );
 }
+
+/// A registry on loopback whose token realm is plain http on a host that
+/// is not loopback: the client refuses before sending credentials there.
+/// (0.0.0.0 is not a loopback name but would still connect to this host,
+/// so even a broken client sends nothing off the machine.)
+#[test]
+fn a_plain_http_realm_off_loopback_is_refused() {
+    require_prereqs!();
+    let reg = Registry::start();
+    push_small(&reg);
+    let guard = Guard::BearerAt {
+        realm: "http://0.0.0.0:9/token".into(),
+    };
+    let proxy = AuthProxy::start(&reg.addr, guard);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let creds = auth_file(dir.path(), &proxy.addr, "alice", "secret");
+    let err = pull(&proxy, Some(creds)).expect_err("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("plain http") && msg.contains("0.0.0.0:9"),
+        "{msg}"
+    );
+}

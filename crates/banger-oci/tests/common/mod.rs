@@ -444,6 +444,10 @@ pub enum Guard {
     /// endpoint wants basic credentials when `creds` is set, else serves
     /// anyone (Docker Hub's anonymous pulls).
     Bearer { creds: Option<(String, String)> },
+    /// `401 WWW-Authenticate: Bearer realm=<realm>`: a token server
+    /// elsewhere (never contacted by a correct client when it is plain
+    /// http off loopback).
+    BearerAt { realm: String },
     /// No auth; responses trickle out at about 2 MiB/s (to kill a client
     /// mid-download).
     Slow,
@@ -585,6 +589,10 @@ fn serve(
             format!(
                 "Bearer realm=\"http://{me}/token\",service=\"test-registry\",scope=\"repository:x:pull\""
             ),
+        ),
+        Guard::BearerAt { realm } => (
+            false,
+            format!("Bearer realm=\"{realm}\",service=\"test-registry\""),
         ),
     };
     if !ok {
