@@ -24,6 +24,15 @@ use crate::{Restored, StopOutcome, Vmm};
 pub const QMP_SOCKET: &str = "qmp.sock";
 pub const LOG_FILE: &str = "qemu.log";
 
+/// QEMU's seccomp filter: no obsolete syscalls, no setuid/setgid, no
+/// scheduler or resource changes. Process creation (`spawn=deny`) stays
+/// allowed: snapshots stream through `migrate exec:cat > FILE`, and under
+/// QEMU 7.2 `spawn=deny` makes that fork kill QEMU (measured: the VMM dies
+/// on the first `migrate exec:`). `migrate fd:` (an fd passed with QMP
+/// `getfd`) works under `spawn=deny`; moving snapshots to it is what lets
+/// `spawn=deny` be added here.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny";
+
 /// How often `stop` repeats the ACPI power button press while waiting.
 const POWERDOWN_REPEAT: Duration = Duration::from_secs(5);
 
@@ -105,6 +114,8 @@ impl QemuDriver {
             "-no-reboot",
             "-name",
             &spec.name,
+            "-sandbox",
+            SANDBOX,
         ]);
         a.extend(["-object".into(), memory.object(&mem)?]);
         a.extend(["-kernel".into(), kernel.into()]);
@@ -404,6 +415,10 @@ mod tests {
         assert!(joined.contains("tap,id=net0,ifname=bgr-tap0,script=no,downscript=no"));
         assert!(joined.contains(&format!("mac={}", MacAddr::derive("web-1"))));
         assert!(joined.contains("microvm,memory-backend=mem"));
+        assert!(
+            joined
+                .contains("-sandbox on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny")
+        );
         s.vsock = Some(VsockSpec {
             guest_cid: 3,
             uds_path: "/var/lib/banger/vms/web-1/v.sock".into(),
