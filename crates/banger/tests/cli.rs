@@ -146,6 +146,16 @@ fn daemon_serves_lists_and_typed_errors() {
     );
     assert!(ans.starts_with("HTTP/1.1 404"), "{ans}");
     assert!(ans.contains(r#""kind":"unknown_route""#), "{ans}");
+    // a query or path the extractors refuse: the same JSON error shape
+    for (req, what) in [
+        (&b"POST /v1/vms/x/ready?timeout_secs=soon HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"[..], "malformed query"),
+        (b"GET /v1/vms/%ff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "malformed path"),
+    ] {
+        let ans = raw_http(&d.socket, req);
+        assert!(ans.starts_with("HTTP/1.1 400"), "{ans}");
+        assert!(ans.contains("application/json"), "{ans}");
+        assert!(ans.contains(r#""kind":"bad_request""#) && ans.contains(what), "{ans}");
+    }
     let ans = raw_http(&d.socket, b"garbage\r\n\r\n");
     assert!(ans.is_empty() || ans.starts_with("HTTP/1.1 400"), "{ans}");
 

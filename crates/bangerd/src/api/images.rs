@@ -1,6 +1,6 @@
 //! Images and kernels.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -11,7 +11,7 @@ use banger_proto::{
     RegisterKernelRequest, WarmSnapshotInfo,
 };
 
-use super::{ApiErr, ApiJson, ApiResult, AppState, ndjson};
+use super::{ApiErr, ApiJson, ApiResult, AppState, Path, ndjson};
 
 pub fn routes() -> Router<AppState> {
     Router::new()

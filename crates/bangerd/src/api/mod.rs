@@ -7,8 +7,8 @@ mod vms;
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -104,6 +104,56 @@ where
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(rej) => Err(ApiErr::bad_request(format!(
                 "malformed request body: {}",
+                rej.body_text()
+            ))),
+        }
+    }
+}
+
+/// `axum::extract::Path` whose rejection (a name that is not valid
+/// UTF-8 or does not fit) is a typed [`ApiError`], like every other error.
+pub struct Path<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Path<T>
+where
+    axum::extract::Path<T>: FromRequestParts<S, Rejection = PathRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiErr;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(rej) => Err(ApiErr::bad_request(format!(
+                "malformed path: {}",
+                rej.body_text()
+            ))),
+        }
+    }
+}
+
+/// `axum::extract::Query` whose rejection (`?timeout_secs=soon`) is a typed
+/// [`ApiError`].
+pub struct Query<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Query<T>
+where
+    axum::extract::Query<T>: FromRequestParts<S, Rejection = QueryRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiErr;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(rej) => Err(ApiErr::bad_request(format!(
+                "malformed query: {}",
                 rej.body_text()
             ))),
         }

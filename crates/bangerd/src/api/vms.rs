@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -11,7 +11,7 @@ use banger_proto::{CreateVmRequest, CreateVmResponse, SshInfo, VmInfo};
 use banger_store::VmRecord;
 use serde::Deserialize;
 
-use super::{ApiErr, ApiJson, ApiResult, AppState};
+use super::{ApiErr, ApiJson, ApiResult, AppState, Path, Query};
 use crate::Daemon;
 
 pub fn routes() -> Router<AppState> {
