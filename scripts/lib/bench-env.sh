@@ -65,7 +65,7 @@ bench_build() {
 }
 
 # A built image dir whose rootfs carries exactly our agent binary: one the
-# tests already cached, else one built now (minutes, once) into a cache
+# tests already cached (also under $BANGER_TEST_CACHE), else one built now (minutes, once) into a cache
 # keyed by the agent's and unit's hashes.
 bench_find_image() {
     if [ -n "${BENCH_IMAGE_DIR:-}" ]; then
@@ -75,7 +75,8 @@ bench_find_image() {
     local unit=crates/banger-agent/assets/banger-vsock-agent.service
     local want key d got
     want=$(sha256sum <"$BENCH_AGENT" | cut -d' ' -f1)
-    for d in "$BENCH_TARGET"/banger-bench-cache/*/ "$BENCH_TARGET"/banger-test-cache/*/; do
+    for d in "$BENCH_TARGET"/banger-bench-cache/*/ "$BENCH_TARGET"/banger-test-cache/*/ \
+        ${BANGER_TEST_CACHE:+"$BANGER_TEST_CACHE"/*/}; do
         [ -f "$d/rootfs.ext4" ] && [ -f "$d/kernel/vmlinuz" ] && [ -f "$d/build.json" ] || continue
         grep -q '"profile": "minimal"' "$d/build.json" || continue
         got=$(timeout 60 debugfs -R "cat /usr/local/bin/banger-vsock-agent" "$d/rootfs.ext4" 2>/dev/null | sha256sum | cut -d' ' -f1)
