@@ -243,6 +243,11 @@ impl FirecrackerDriver {
             &log,
             Some(&spec.vm_dir),
         )?;
+        if let Err(e) = crate::spawn_record::record_spawn(&spec.vm_dir, &identity) {
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            return Err(e);
+        }
         let program = self.bin.display().to_string();
         if let Err(e) =
             wait_for_socket(&mut child, &program, &socket, self.socket_timeout, &log).await

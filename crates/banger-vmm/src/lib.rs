@@ -22,6 +22,7 @@ pub mod qemu;
 mod qemu_snapshot;
 pub mod qmp;
 pub mod snapshot;
+pub mod spawn_record;
 pub mod spec;
 mod stop;
 mod util;

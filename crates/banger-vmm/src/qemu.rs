@@ -218,6 +218,10 @@ impl QemuDriver {
         };
         handle.process = identity;
         let mut vm = RunningVmm::new(handle, Some(child), Vec::new());
+        if let Err(e) = crate::spawn_record::record_spawn(&spec.vm_dir, &identity) {
+            abort(&mut vm).await;
+            return Err(e);
+        }
         let program = self.bin.display().to_string();
         let waited = match vm.child_mut() {
             Some(child) => wait_for_socket(child, &program, &qmp, self.socket_timeout, &log).await,

@@ -78,6 +78,11 @@ impl Daemon {
             return Ok(rec);
         }
         let rec = self.store.get_vm(name)?;
+        // No VMM may run for a VM that is being started: one a killed daemon
+        // spawned and never recorded a handle for goes first (one VMM per disk).
+        if let Some(orphan) = banger_vmm::spawn_record::reap_spawned(self.vm_dir(name).path()) {
+            tracing::warn!(vm = %name, pid = orphan.pid, "killed an unrecorded VMM before starting");
+        }
         match self.boot(&rec, &slot).await {
             Ok(()) => Ok(self.store.get_vm(name)?),
             Err(e) => {

@@ -168,6 +168,11 @@ impl Daemon {
                 self.watch(rec.name.clone(), Arc::clone(slot));
             }
             Adoption::Gone { reason } => {
+                // A VMM spawned by a daemon that died before writing the
+                // handle: it must not outlive this (a start would boot a second one).
+                if let Some(orphan) = banger_vmm::spawn_record::reap_spawned(dir.path()) {
+                    tracing::warn!(vm = %rec.name, pid = orphan.pid, "killed a VMM spawned before the daemon died, with no handle");
+                }
                 let tail = banger_vmm::process::log_tail(&dir.console_log(), 10);
                 let why = format!("its VMM is gone ({reason}); console tail:\n{tail}");
                 tracing::warn!(vm = %rec.name, "{why}");
