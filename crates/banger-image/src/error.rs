@@ -105,17 +105,36 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Attach the action and path to an io::Error.
-pub(crate) trait IoContext<T> {
-    fn ctx(self, action: &'static str, path: impl Into<PathBuf>) -> Result<T>;
-}
+// `IoContext` for this crate's `Error` (see the macro below).
+crate::io_context!(Error);
 
-impl<T> IoContext<T> for std::io::Result<T> {
-    fn ctx(self, action: &'static str, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|source| Error::Io {
-            action,
-            path: path.into(),
-            source,
-        })
-    }
+/// Defines `IoContext::ctx(action, path)` on `std::io::Result` for an error
+/// enum with an `Io { action, path, source }` variant: the one home of the
+/// io-error context helper (banger-image and banger-oci use it).
+#[macro_export]
+macro_rules! io_context {
+    ($err:ident) => {
+        /// Attach the action and path to an io::Error.
+        pub(crate) trait IoContext<T> {
+            fn ctx(
+                self,
+                action: &'static str,
+                path: impl Into<std::path::PathBuf>,
+            ) -> std::result::Result<T, $err>;
+        }
+
+        impl<T> IoContext<T> for std::io::Result<T> {
+            fn ctx(
+                self,
+                action: &'static str,
+                path: impl Into<std::path::PathBuf>,
+            ) -> std::result::Result<T, $err> {
+                self.map_err(|source| $err::Io {
+                    action,
+                    path: path.into(),
+                    source,
+                })
+            }
+        }
+    };
 }

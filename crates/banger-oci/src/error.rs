@@ -80,16 +80,5 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-pub(crate) trait IoContext<T> {
-    fn ctx(self, action: &'static str, path: impl Into<PathBuf>) -> Result<T>;
-}
-
-impl<T> IoContext<T> for std::io::Result<T> {
-    fn ctx(self, action: &'static str, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|source| Error::Io {
-            action,
-            path: path.into(),
-            source,
-        })
-    }
-}
+// `IoContext` for this crate's `Error`, from banger-image's one definition.
+banger_image::io_context!(Error);
