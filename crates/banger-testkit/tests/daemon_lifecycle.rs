@@ -544,3 +544,40 @@ async fn colliding_tap_names_get_distinct_taps() {
     assert_eq!(w.net.live_taps(), vec![banger_net::tap_name(&a)]);
     w.d.stop_vm(&a).await.expect("stop a");
 }
+
+/// A create the daemon died in (its row still `creating`, its host key
+/// already pinned) is undone when the next daemon opens the state: row,
+/// files and the pinned key all go.
+#[test]
+fn a_host_key_pinned_by_an_interrupted_create_is_unpinned_at_start() {
+    if skip() {
+        return;
+    }
+    let fc = banger_testkit::fake::fake_firecracker_bin().expect("fake firecracker");
+    let w = world_with(fc.clone());
+    on_own_runtime(async {
+        create(&w, "half", &FakeFirecrackerConfig::default()).await;
+    });
+    let st = w.d.store.get_vm("half").expect("row").state;
+    w.d.store
+        .transition_vm("half", st, VmState::Creating, None)
+        .expect("back to creating, as if interrupted");
+    let kh = w.paths.known_hosts();
+    assert!(
+        !std::fs::read_to_string(&kh)
+            .expect("known_hosts")
+            .is_empty(),
+        "the create pinned its host key"
+    );
+    let paths = w.paths.clone();
+    let dir = w.d.vm_dir("half");
+    drop(w.d);
+    let (d, _net) = open(&paths, fc);
+    assert!(d.store.get_vm("half").is_err(), "the half-made row is gone");
+    assert!(!dir.exists(), "its files are gone");
+    assert_eq!(
+        std::fs::read_to_string(&kh).expect("known_hosts"),
+        "",
+        "its pinned host key is gone"
+    );
+}
