@@ -60,7 +60,28 @@ pub fn open(paths: &Paths, fc: PathBuf) -> (Arc<Daemon>, Arc<FakeNetwork>) {
         stop_grace: Duration::from_secs(2),
         guest_dns: None,
     };
-    let d = Daemon::open_with(paths.clone(), Config::default(), wiring).expect("open");
+    // A daemon just dropped can still hold its state-dir lock for a moment:
+    // a process another test thread forks at that instant holds a copy of
+    // the lock's descriptor until it execs. Wait for that, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let d = loop {
+        let wiring = Wiring {
+            selection: wiring.selection.clone(),
+            network: wiring.network.clone(),
+            stop_grace: wiring.stop_grace,
+            guest_dns: wiring.guest_dns,
+        };
+        match Daemon::open_with(paths.clone(), Config::default(), wiring) {
+            Ok(d) => break d,
+            Err(e)
+                if e.to_string().contains("is using the state directory")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("open: {e:#}"),
+        }
+    };
     (Arc::new(d), net)
 }
 
