@@ -407,6 +407,18 @@ pub struct ShownValue {
     pub note: Option<&'static str>,
 }
 
+/// A shown value as it crosses to a client (`GET /v1/config`, `--json`).
+impl From<ShownValue> for banger_proto::ConfigValue {
+    fn from(r: ShownValue) -> Self {
+        banger_proto::ConfigValue {
+            key: r.key,
+            value: r.value,
+            source: r.source,
+            note: r.note.map(str::to_string),
+        }
+    }
+}
+
 impl Config {
     /// Loads `path`; a file that does not exist is an empty config.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

@@ -61,12 +61,7 @@ fn rows(config: &Config, facts: HostFacts, home: &Path) -> Vec<ConfigValue> {
     config
         .show(facts, home)
         .into_iter()
-        .map(|r| ConfigValue {
-            key: r.key,
-            value: r.value,
-            source: r.source,
-            note: r.note.map(str::to_string),
-        })
+        .map(Into::into)
         .collect()
 }
 

@@ -110,12 +110,7 @@ fn show_file(json: bool, daemon_asked: bool) -> anyhow::Result<ExitCode> {
     let rows: Vec<ConfigValue> = config
         .show(HostFacts::probe(), &super::home()?)
         .into_iter()
-        .map(|r| ConfigValue {
-            key: r.key,
-            value: r.value,
-            source: r.source,
-            note: r.note.map(str::to_string),
-        })
+        .map(Into::into)
         .collect();
     let file = config
         .source
