@@ -87,14 +87,24 @@ pub enum Installed {
 /// Rename `tmp` to `dest` (same filesystem: atomic). If `dest` exists the
 /// temp dir is removed and `AlreadyPresent` returned: content-addressed
 /// directories with the same name have the same content.
+///
+/// Before the rename every file in `tmp` is sealed: written to disk
+/// (fsync, then the directory), so a crash after the install never leaves
+/// a name whose content is not durable, and made read-only, since a file
+/// under its content address is never edited (VMs boot copies of it).
+/// The parent is synced after the rename so the name itself is durable.
 pub fn install_dir(tmp: tempfile::TempDir, dest: &Path) -> Result<Installed> {
     if dest.exists() {
         return Ok(Installed::AlreadyPresent);
     }
+    seal_dir(tmp.path())?;
     match fs::rename(tmp.path(), dest) {
         Ok(()) => {
             // Already moved: nothing left for the TempDir to remove.
             let _ = tmp.keep();
+            if let Some(parent) = dest.parent() {
+                sync_dir(parent)?;
+            }
             Ok(Installed::New)
         }
         // Lost a race with an identical install.
@@ -105,6 +115,31 @@ pub fn install_dir(tmp: tempfile::TempDir, dest: &Path) -> Result<Installed> {
             source: e,
         }),
     }
+}
+
+/// fsync and write-protect every regular file directly in `dir`, then
+/// fsync `dir` itself.
+fn seal_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in fs::read_dir(dir).ctx("list", dir)? {
+        let path = entry.ctx("list", dir)?.path();
+        let meta = fs::symlink_metadata(&path).ctx("inspect", &path)?;
+        if !meta.file_type().is_file() {
+            continue;
+        }
+        fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .ctx("sync", &path)?;
+        let mode = meta.permissions().mode() & !0o222;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).ctx("write-protect", &path)?;
+    }
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .ctx("sync", dir)
 }
 
 /// Remove leftover temp dirs/files (`.tmp-banger-*`) from an interrupted
