@@ -209,6 +209,8 @@ impl Daemon {
     fn recover(&self) -> anyhow::Result<()> {
         // Interrupted or stale warm snapshots (image, kernel or VMM changed or gone).
         self.warm_gc();
+        // An install renamed into place whose registration was interrupted.
+        self.remove_orphan_store_dirs()?;
         for vm in self.store.list_vms()? {
             if vm.state == banger_proto::VmState::Creating {
                 tracing::warn!(vm = %vm.name, "removing VM whose creation was interrupted");

@@ -313,3 +313,104 @@ fn remove_store_dir(root: &Path, dir: &str) {
         tracing::warn!(dir, "cannot remove store directory: {e}");
     }
 }
+
+/// Store directories no row names: an install renamed into place whose
+/// registration a kill -9 interrupted. Only entries directly under `root`
+/// that are directories and not in-progress temp dirs are candidates.
+/// When some row names a directory that is not directly under `root`
+/// (the state dir was moved, or reached by another path), nothing is an
+/// orphan: a row this function cannot match must never cost an image.
+pub(crate) fn orphan_store_dirs<'a>(
+    root: &Path,
+    registered: impl IntoIterator<Item = &'a str>,
+) -> std::io::Result<Vec<PathBuf>> {
+    let mut names = std::collections::HashSet::new();
+    for dir in registered {
+        let dir = Path::new(dir);
+        match dir.file_name() {
+            Some(name) if dir.parent() == Some(root) => {
+                names.insert(name.to_os_string());
+            }
+            _ => return Ok(Vec::new()),
+        }
+    }
+    let mut orphans = Vec::new();
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(orphans),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name
+            .to_string_lossy()
+            .starts_with(banger_image::store::TMP_PREFIX)
+            || !entry.file_type()?.is_dir()
+        {
+            continue;
+        }
+        if !names.contains(&name) {
+            orphans.push(root.join(&name));
+        }
+    }
+    orphans.sort();
+    Ok(orphans)
+}
+
+impl Daemon {
+    /// Removes image and kernel directories that no row names (see
+    /// [`orphan_store_dirs`]). Called at start, before anything can pull.
+    pub(crate) fn remove_orphan_store_dirs(&self) -> Result<(), DaemonError> {
+        let images = self.store.list_images()?;
+        let kernels = self.store.list_kernels()?;
+        let sets = [
+            (
+                self.paths.images_dir(),
+                images.iter().map(|r| r.dir.as_str()).collect::<Vec<_>>(),
+            ),
+            (
+                self.paths.kernels_dir(),
+                kernels.iter().map(|r| r.dir.as_str()).collect::<Vec<_>>(),
+            ),
+        ];
+        for (root, dirs) in sets {
+            let orphans = orphan_store_dirs(&root, dirs).map_err(|e| {
+                DaemonError::internal(format!("cannot list {}: {e}", root.display()))
+            })?;
+            for dir in orphans {
+                tracing::warn!(dir = %dir.display(), "removing a store directory no image or kernel names (an interrupted install)");
+                remove_store_dir(&root, &dir.to_string_lossy());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod orphan_tests {
+    use super::*;
+
+    #[test]
+    fn only_unnamed_directories_are_orphans() {
+        let root = tempfile::tempdir().expect("tempdir");
+        for d in ["named", "orphan", ".tmp-banger-inflight"] {
+            std::fs::create_dir(root.path().join(d)).expect("mkdir");
+        }
+        std::fs::write(root.path().join("stray-file"), b"x").expect("file");
+        let named = root.path().join("named");
+        let named = named.to_string_lossy().into_owned();
+        let orphans = orphan_store_dirs(root.path(), [named.as_str()]).expect("list");
+        assert_eq!(orphans, vec![root.path().join("orphan")]);
+        // A row elsewhere (a moved state dir): nothing is removed.
+        let moved =
+            orphan_store_dirs(root.path(), [named.as_str(), "/elsewhere/abc"]).expect("list");
+        assert!(moved.is_empty());
+        let missing = root.path().join("absent");
+        assert!(
+            orphan_store_dirs(&missing, [])
+                .expect("absent root")
+                .is_empty()
+        );
+    }
+}
