@@ -110,55 +110,52 @@ where
     }
 }
 
-/// `axum::extract::Path` whose rejection (a name that is not valid
-/// UTF-8 or does not fit) is a typed [`ApiError`], like every other error.
-pub struct Path<T>(pub T);
+/// Defines a wrapper around an axum parts extractor whose rejection is a
+/// typed [`ApiError`] ("malformed path: …") instead of axum's plain text.
+macro_rules! typed_parts_extractor {
+    ($(#[$doc:meta])* $name:ident, $inner:ident, $rejection:ident, $what:literal) => {
+        $(#[$doc])*
+        pub struct $name<T>(pub T);
 
-impl<S, T> FromRequestParts<S> for Path<T>
-where
-    axum::extract::Path<T>: FromRequestParts<S, Rejection = PathRejection>,
-    S: Send + Sync,
-{
-    type Rejection = ApiErr;
+        impl<S, T> FromRequestParts<S> for $name<T>
+        where
+            axum::extract::$inner<T>: FromRequestParts<S, Rejection = $rejection>,
+            S: Send + Sync,
+        {
+            type Rejection = ApiErr;
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Path(v)) => Ok(Path(v)),
-            Err(rej) => Err(ApiErr::bad_request(format!(
-                "malformed path: {}",
-                rej.body_text()
-            ))),
+            async fn from_request_parts(
+                parts: &mut axum::http::request::Parts,
+                state: &S,
+            ) -> Result<Self, Self::Rejection> {
+                match axum::extract::$inner::<T>::from_request_parts(parts, state).await {
+                    Ok(axum::extract::$inner(v)) => Ok($name(v)),
+                    Err(rej) => Err(ApiErr::bad_request(format!(
+                        concat!("malformed ", $what, ": {}"),
+                        rej.body_text()
+                    ))),
+                }
+            }
         }
-    }
+    };
 }
 
-/// `axum::extract::Query` whose rejection (`?timeout_secs=soon`) is a typed
-/// [`ApiError`].
-pub struct Query<T>(pub T);
-
-impl<S, T> FromRequestParts<S> for Query<T>
-where
-    axum::extract::Query<T>: FromRequestParts<S, Rejection = QueryRejection>,
-    S: Send + Sync,
-{
-    type Rejection = ApiErr;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Query(v)) => Ok(Query(v)),
-            Err(rej) => Err(ApiErr::bad_request(format!(
-                "malformed query: {}",
-                rej.body_text()
-            ))),
-        }
-    }
-}
+typed_parts_extractor!(
+    /// `axum::extract::Path` whose rejection (a name that is not valid
+    /// UTF-8 or does not fit) is a typed [`ApiError`], like every other error.
+    Path,
+    Path,
+    PathRejection,
+    "path"
+);
+typed_parts_extractor!(
+    /// `axum::extract::Query` whose rejection (`?timeout_secs=soon`) is a
+    /// typed [`ApiError`].
+    Query,
+    Query,
+    QueryRejection,
+    "query"
+);
 
 pub fn router(daemon: AppState) -> Router {
     Router::new()
