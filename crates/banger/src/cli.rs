@@ -85,15 +85,10 @@ pub struct JsonFlag {
     pub json: bool,
 }
 
-/// Sizing and placement flags shared by `vm run` and `vm create`.
+/// A VM's size flags: `vm run`, `vm create` and `image warm` (whose shape
+/// is the VM `vm run` would make with the same flags).
 #[derive(Debug, Args, Clone, Default)]
-pub struct VmShape {
-    /// Name of the VM (a DNS label: it becomes <name>.vm). Default: a random name.
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Image to boot. Default: default_image_name from config (debian-bookworm).
-    #[arg(long, add = ArgValueCandidates::new(image_names))]
-    pub image: Option<String>,
+pub struct Sizes {
     /// Number of vCPUs.
     #[arg(long)]
     pub vcpu: Option<u32>,
@@ -103,6 +98,19 @@ pub struct VmShape {
     /// Size of the work disk mounted at /root, such as 16G.
     #[arg(long, value_name = "SIZE")]
     pub disk: Option<String>,
+}
+
+/// Sizing and placement flags shared by `vm run` and `vm create`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct VmShape {
+    /// Name of the VM (a DNS label: it becomes <name>.vm). Default: a random name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Image to boot. Default: default_image_name from config (debian-bookworm).
+    #[arg(long, add = ArgValueCandidates::new(image_names))]
+    pub image: Option<String>,
+    #[command(flatten)]
+    pub sizes: Sizes,
     /// Cut the VM off from the outside world; the host can still reach it.
     #[arg(long, conflicts_with = "egress")]
     pub no_egress: bool,
@@ -376,15 +384,9 @@ pub struct ImageWarmArgs {
     /// Name of the image.
     #[arg(add = ArgValueCandidates::new(image_names))]
     pub name: String,
-    /// vCPUs of the shape (default: as `vm run` would choose).
-    #[arg(long)]
-    pub vcpu: Option<u32>,
-    /// Memory of the shape: MiB as a number, or a size such as 2G.
-    #[arg(long, value_name = "SIZE")]
-    pub memory: Option<String>,
-    /// Work disk size of the shape, such as 16G.
-    #[arg(long, value_name = "SIZE")]
-    pub disk: Option<String>,
+    // The shape's sizes (default: as `vm run` would choose).
+    #[command(flatten)]
+    pub sizes: Sizes,
     #[command(flatten)]
     pub json: JsonFlag,
 }

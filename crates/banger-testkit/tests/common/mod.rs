@@ -61,8 +61,8 @@ pub fn open(paths: &Paths, fc: PathBuf) -> (Arc<Daemon>, Arc<FakeNetwork>) {
         guest_dns: None,
     };
     // A daemon just dropped can still hold its state-dir lock for a moment:
-    // a process another test thread forks at that instant holds a copy of
-    // the lock's descriptor until it execs. Wait for that, bounded.
+    // a process another test thread forks at that instant can hold a copy
+    // of the lock's descriptor until it execs. Wait for that, bounded.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let d = loop {
         let wiring = Wiring {

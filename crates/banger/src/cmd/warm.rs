@@ -15,9 +15,7 @@ pub async fn image_warm(client: &Client, a: ImageWarmArgs) -> anyhow::Result<Exi
     let shape = VmShape {
         name: None,
         image: Some(a.name.clone()),
-        vcpu: a.vcpu,
-        memory: a.memory,
-        disk: a.disk,
+        sizes: a.sizes,
         no_egress: false,
         cold: false,
         egress: None,

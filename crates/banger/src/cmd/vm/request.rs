@@ -30,10 +30,12 @@ pub fn create_request(shape: &VmShape, start: bool) -> anyhow::Result<CreateVmRe
         banger_core::names::validate_image_name(i).context("invalid --image")?;
     }
     let vcpu = shape
+        .sizes
         .vcpu
         .map(|v| limits::check_vcpu(v).context("invalid --vcpu"))
         .transpose()?;
     let memory_mib = shape
+        .sizes
         .memory
         .as_deref()
         .map(|m| {
@@ -42,6 +44,7 @@ pub fn create_request(shape: &VmShape, start: bool) -> anyhow::Result<CreateVmRe
         })
         .transpose()?;
     let disk_bytes = shape
+        .sizes
         .disk
         .as_deref()
         .map(|d| {
@@ -79,6 +82,7 @@ pub fn spec_line(spec: &VmSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::Sizes;
 
     #[test]
     fn memory_flag_accepts_mib_or_sizes() {
@@ -96,15 +100,21 @@ mod tests {
         assert!(create_request(&bad, true).is_err());
         let shape = VmShape {
             name: Some("ok".into()),
-            disk: Some("16G".into()),
-            memory: Some("512".into()),
+            sizes: Sizes {
+                disk: Some("16G".into()),
+                memory: Some("512".into()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let r = create_request(&shape, true).expect("valid");
         assert_eq!(r.disk_bytes, Some(16 << 30));
         assert_eq!(r.memory_mib, Some(512));
         let zero = VmShape {
-            vcpu: Some(0),
+            sizes: Sizes {
+                vcpu: Some(0),
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert!(create_request(&zero, true).is_err());
